@@ -1,0 +1,47 @@
+"""llmlb: an LLM-aware load balancer with a Rust routing core.
+
+The public API: build a :class:`Router` from a :class:`RouterConfig` and :class:`Node`
+list, then ``route()`` each request and ``complete()`` it when it ends.
+"""
+
+from llmlb_fast._core import (
+    HASH_SEED,
+    POLICIES,
+    CandidateScore,
+    Completion,
+    Node,
+    NodeStatus,
+    RouteDecision,
+    Router,
+    RouterConfig,
+    __version__,
+)
+from llmlb_fast.errors import (
+    ConfigError,
+    DuplicateRequestError,
+    InvalidInputError,
+    LlmlbError,
+    NoAvailableNodeError,
+    TableFullError,
+    UnknownNodeError,
+)
+
+__all__ = [
+    "HASH_SEED",
+    "POLICIES",
+    "CandidateScore",
+    "Completion",
+    "ConfigError",
+    "DuplicateRequestError",
+    "InvalidInputError",
+    "LlmlbError",
+    "NoAvailableNodeError",
+    "Node",
+    "NodeStatus",
+    "RouteDecision",
+    "Router",
+    "RouterConfig",
+    "TableFullError",
+    "UnknownNodeError",
+    "__version__",
+]

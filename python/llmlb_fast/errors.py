@@ -1,0 +1,32 @@
+"""Exceptions raised by llmlb. Every one derives from :class:`LlmlbError`."""
+
+
+class LlmlbError(Exception):
+    """Base class of every llmlb error."""
+
+
+class InvalidInputError(LlmlbError, ValueError):
+    """A value passed to the router is malformed (NaN metric, bad token id, ...)."""
+
+
+class ConfigError(LlmlbError, ValueError):
+    """A configuration value or file is invalid; the previous config stays in force."""
+
+
+class UnknownNodeError(LlmlbError, KeyError):
+    """No node with that id is registered."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NoAvailableNodeError(LlmlbError):
+    """No node can take the request (none registered, or every breaker is open)."""
+
+
+class DuplicateRequestError(LlmlbError, ValueError):
+    """A request with this id is already in flight."""
+
+
+class TableFullError(LlmlbError):
+    """The node table holds the maximum number of nodes."""

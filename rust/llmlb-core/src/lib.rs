@@ -1,0 +1,33 @@
+//! Routing core of llmlb.
+//!
+//! The crate has no Python in it: the PyO3 binding (`rust/llmlb-py`) only converts
+//! types and errors. Module map:
+//! - [`node_table`]: nodes, their live counters and GPU metrics (lock-free reads);
+//! - [`prefix_index`]: the block-hash radix tree behind KV-cache affinity;
+//! - [`hashing`]: how prompts become chains of block hashes;
+//! - [`scoring`]: per-candidate figures shared by the policies;
+//! - [`policy`]: one file per routing policy;
+//! - [`lifecycle`]: requests in flight, completion and expiry;
+//! - [`window`]: per-node sliding-window outcome statistics;
+//! - [`router`]: the façade tying them together.
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod hashing;
+pub mod lifecycle;
+pub mod node_table;
+pub mod policy;
+pub mod prefix_index;
+pub mod router;
+pub mod scoring;
+pub mod window;
+
+pub use clock::Clock;
+pub use config::{PolicyKind, RouterConfig, Weights};
+pub use error::CoreError;
+pub use lifecycle::{Completion, Outcome};
+pub use node_table::{BreakerState, GpuMetrics, NodeSpec, NodeStatus};
+pub use prefix_index::IndexStats;
+pub use router::{CandidateScore, Prompt, Reason, RouteDecision, RouteRequest, Router};
+pub use window::WindowSummary;

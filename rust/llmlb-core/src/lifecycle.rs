@@ -1,0 +1,150 @@
+//! Requests in flight: counted on `route`, released exactly once by `complete` or by
+//! expiry when no completion ever comes.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::config::PolicyKind;
+use crate::error::{CoreError, CoreResult};
+use crate::node_table::NodeEntry;
+
+const SHARDS: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Error,
+    Timeout,
+    /// Released by the router because no completion came within `request_ttl_s`.
+    Expired,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::Expired => "expired",
+        }
+    }
+
+    pub fn parse(name: &str) -> CoreResult<Self> {
+        match name {
+            "ok" => Ok(Outcome::Ok),
+            "error" => Ok(Outcome::Error),
+            "timeout" => Ok(Outcome::Timeout),
+            other => Err(CoreError::InvalidInput(format!(
+                "unknown outcome {other:?}; expected ok, error or timeout"
+            ))),
+        }
+    }
+
+    pub fn is_failure(self) -> bool {
+        self != Outcome::Ok
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    pub node: Arc<NodeEntry>,
+    pub started_ns: u64,
+    pub policy: PolicyKind,
+    pub prompt_tokens: u32,
+    pub probe: bool,
+}
+
+/// What a completion released, for the caller's breaker and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub request_id: String,
+    pub node_id: Arc<str>,
+    pub policy: PolicyKind,
+    pub outcome: Outcome,
+    pub duration_s: f64,
+    pub was_probe: bool,
+}
+
+#[derive(Debug)]
+pub struct InFlightRegistry {
+    shards: Vec<Mutex<HashMap<String, InFlight>>>,
+    hasher: RandomState,
+}
+
+impl Default for InFlightRegistry {
+    fn default() -> Self {
+        InFlightRegistry {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl InFlightRegistry {
+    fn shard(&self, id: &str) -> &Mutex<HashMap<String, InFlight>> {
+        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.shard(id).lock().contains_key(id)
+    }
+
+    /// Fails if the id is already in flight.
+    pub fn insert(&self, id: String, request: InFlight) -> CoreResult<()> {
+        let mut shard = self.shard(&id).lock();
+        if shard.contains_key(&id) {
+            return Err(CoreError::DuplicateRequest(id));
+        }
+        shard.insert(id, request);
+        Ok(())
+    }
+
+    pub fn take(&self, id: &str) -> Option<InFlight> {
+        self.shard(id).lock().remove(id)
+    }
+
+    /// Removes and returns requests started before `deadline_ns`.
+    pub fn take_started_before(&self, deadline_ns: u64) -> Vec<(String, InFlight)> {
+        let mut expired = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            let stale: Vec<String> = shard
+                .iter()
+                .filter(|(_, r)| r.started_ns < deadline_ns)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in stale {
+                if let Some(r) = shard.remove(&id) {
+                    expired.push((id, r));
+                }
+            }
+        }
+        expired
+    }
+
+    pub fn ids_on_node(&self, node_id: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        for shard in &self.shards {
+            ids.extend(
+                shard
+                    .lock()
+                    .iter()
+                    .filter(|(_, r)| &*r.node.spec.id == node_id)
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+        ids.sort();
+        ids
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

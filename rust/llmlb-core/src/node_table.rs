@@ -1,0 +1,534 @@
+//! The node table: who the nodes are (an immutable snapshot swapped on membership
+//! change) and how they are doing (atomics and an `ArcSwap` of the last GPU report inside
+//! each node). Routing reads both without taking a lock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+
+use crate::error::{check_fraction, check_non_negative, CoreError, CoreResult};
+use crate::window::OutcomeWindow;
+
+/// Most nodes one router holds (prefix-index holder ids are u16).
+pub const MAX_NODES: usize = 4096;
+
+/// Default peak dense FP16 TFLOPS of a node when the operator gives none (one H100 SXM).
+pub const DEFAULT_PEAK_TFLOPS: f64 = 989.0;
+
+/// Prefill tokens per second per peak TFLOPS when a node does not state its rate:
+/// a 70B model on 4×H100 (≈3,956 TFLOPS) prefills ≈12k tokens/s.
+pub const PREFILL_TOKENS_PER_TFLOPS: f64 = 3.0;
+
+/// What an operator declares about a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    pub id: Arc<str>,
+    pub address: String,
+    pub peak_tflops: f64,
+    pub gpu_memory_bytes: Option<u64>,
+    pub max_concurrency: Option<u32>,
+    pub prefill_tokens_per_s: Option<f64>,
+    /// KV-cache capacity; bounds how many prefix blocks the index credits to this node.
+    pub kv_capacity_tokens: Option<u64>,
+    pub labels: Vec<(String, String)>,
+}
+
+impl NodeSpec {
+    pub fn new(id: &str, address: &str) -> Self {
+        NodeSpec {
+            id: Arc::from(id),
+            address: address.to_owned(),
+            peak_tflops: DEFAULT_PEAK_TFLOPS,
+            gpu_memory_bytes: None,
+            max_concurrency: None,
+            prefill_tokens_per_s: None,
+            kv_capacity_tokens: None,
+            labels: Vec::new(),
+        }
+    }
+
+    pub fn validate(&self) -> CoreResult<()> {
+        if self.id.is_empty() {
+            return Err(CoreError::InvalidInput("node id must not be empty".into()));
+        }
+        if !(self.peak_tflops.is_finite() && self.peak_tflops > 0.0) {
+            return Err(CoreError::InvalidInput(format!(
+                "node {:?}: peak_tflops must be > 0, got {}",
+                self.id, self.peak_tflops
+            )));
+        }
+        if let Some(rate) = self.prefill_tokens_per_s {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(CoreError::InvalidInput(format!(
+                    "node {:?}: prefill_tokens_per_s must be > 0, got {rate}",
+                    self.id
+                )));
+            }
+        }
+        if self.max_concurrency == Some(0) {
+            return Err(CoreError::InvalidInput(format!(
+                "node {:?}: max_concurrency must be >= 1",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn prefill_rate(&self) -> f64 {
+        self.prefill_tokens_per_s
+            .unwrap_or(self.peak_tflops * PREFILL_TOKENS_PER_TFLOPS)
+    }
+}
+
+/// One report from a node's monitoring agent. `None` means "not reported".
+/// Fractions are in [0, 1].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuMetrics {
+    pub gpu_memory_used_bytes: Option<f64>,
+    pub gpu_memory_total_bytes: Option<f64>,
+    pub kv_cache_memory_bytes: Option<f64>,
+    pub compute_memory_bytes: Option<f64>,
+    pub kv_cache_usage: Option<f64>,
+    pub sm_utilization: Option<f64>,
+    pub mem_bandwidth_utilization: Option<f64>,
+    pub pcie_tx_bytes_per_s: Option<f64>,
+    pub pcie_rx_bytes_per_s: Option<f64>,
+    pub num_requests_running: Option<f64>,
+    pub num_requests_waiting: Option<f64>,
+    pub kv_capacity_tokens: Option<f64>,
+}
+
+impl GpuMetrics {
+    pub fn validate(&self) -> CoreResult<()> {
+        let amounts = [
+            ("gpu_memory_used_bytes", self.gpu_memory_used_bytes),
+            ("gpu_memory_total_bytes", self.gpu_memory_total_bytes),
+            ("kv_cache_memory_bytes", self.kv_cache_memory_bytes),
+            ("compute_memory_bytes", self.compute_memory_bytes),
+            ("pcie_tx_bytes_per_s", self.pcie_tx_bytes_per_s),
+            ("pcie_rx_bytes_per_s", self.pcie_rx_bytes_per_s),
+            ("num_requests_running", self.num_requests_running),
+            ("num_requests_waiting", self.num_requests_waiting),
+            ("kv_capacity_tokens", self.kv_capacity_tokens),
+        ];
+        for (field, value) in amounts {
+            if let Some(v) = value {
+                check_non_negative(field, v)?;
+            }
+        }
+        let fractions = [
+            ("kv_cache_usage", self.kv_cache_usage),
+            ("sm_utilization", self.sm_utilization),
+            ("mem_bandwidth_utilization", self.mem_bandwidth_utilization),
+        ];
+        for (field, value) in fractions {
+            if let Some(v) = value {
+                check_fraction(field, v)?;
+            }
+        }
+        if let (Some(used), Some(total)) = (self.gpu_memory_used_bytes, self.gpu_memory_total_bytes) {
+            if used > total {
+                return Err(CoreError::InvalidInput(format!(
+                    "gpu_memory_used_bytes ({used}) exceeds gpu_memory_total_bytes ({total})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Share of memory in use: the engine's KV-cache usage when reported (engines
+    /// pre-allocate, so NVML's figure stays near full), else NVML's used/total.
+    pub fn memory_pressure(&self, declared_total: Option<u64>) -> Option<f64> {
+        if let Some(kv) = self.kv_cache_usage {
+            return Some(kv);
+        }
+        let total = self
+            .gpu_memory_total_bytes
+            .or(declared_total.map(|t| t as f64))?;
+        let used = self.gpu_memory_used_bytes?;
+        (total > 0.0).then(|| (used / total).clamp(0.0, 1.0))
+    }
+}
+
+/// A GPU report with the router-clock time it arrived.
+#[derive(Debug, Clone)]
+pub struct TimedMetrics {
+    pub received_ns: u64,
+    pub metrics: GpuMetrics,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BreakerState {
+    Closed = 0,
+    Open = 1,
+    /// One probe request may go through; the breaker logic closes or reopens it.
+    HalfOpen = 2,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+
+    pub fn parse(name: &str) -> CoreResult<Self> {
+        match name {
+            "closed" => Ok(BreakerState::Closed),
+            "open" => Ok(BreakerState::Open),
+            "half_open" => Ok(BreakerState::HalfOpen),
+            other => Err(CoreError::InvalidInput(format!(
+                "unknown breaker state {other:?}; expected closed, open or half_open"
+            ))),
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => BreakerState::Open,
+            2 => BreakerState::HalfOpen,
+            _ => BreakerState::Closed,
+        }
+    }
+}
+
+/// Counters that routing reads and writes on every request, on their own cache line.
+#[derive(Debug, Default)]
+struct HotCounters {
+    in_flight: AtomicU32,
+    /// Estimated prefill backlog: tokens (high 32 bits) as of a time in ms (low 32 bits).
+    backlog: AtomicU64,
+}
+
+/// Fast-changing state of a node; survives `upsert` of the same id.
+#[derive(Debug)]
+pub struct NodeLive {
+    hot: CachePadded<HotCounters>,
+    routed_total: AtomicU64,
+    breaker: AtomicU8,
+    probe_taken: AtomicBool,
+    consecutive_failures: AtomicU32,
+    metrics: ArcSwapOption<TimedMetrics>,
+    pub(crate) window: Mutex<OutcomeWindow>,
+}
+
+impl NodeLive {
+    fn new(window_s: f64) -> Self {
+        NodeLive {
+            hot: CachePadded::new(HotCounters::default()),
+            routed_total: AtomicU64::new(0),
+            breaker: AtomicU8::new(BreakerState::Closed as u8),
+            probe_taken: AtomicBool::new(false),
+            consecutive_failures: AtomicU32::new(0),
+            metrics: ArcSwapOption::empty(),
+            window: Mutex::new(OutcomeWindow::new(window_s)),
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.hot.in_flight.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn acquire(&self, prefill_tokens: f64, rate: f64, now_ns: u64) {
+        self.hot.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.routed_total.fetch_add(1, Ordering::Relaxed);
+        let now_ms = (now_ns / 1_000_000) as u32;
+        let _ = self
+            .hot
+            .backlog
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |packed| {
+                let current = drain_backlog(packed, rate, now_ms);
+                let tokens = (current + prefill_tokens).min(u32::MAX as f64) as u64;
+                Some((tokens << 32) | now_ms as u64)
+            });
+    }
+
+    /// Decrements in-flight, never below zero.
+    pub(crate) fn release(&self) {
+        let _ = self
+            .hot
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Tokens still waiting for prefill, assuming the node drains them at `rate`.
+    pub fn backlog_tokens(&self, rate: f64, now_ns: u64) -> f64 {
+        drain_backlog(
+            self.hot.backlog.load(Ordering::Acquire),
+            rate,
+            (now_ns / 1_000_000) as u32,
+        )
+    }
+
+    pub fn routed_total(&self) -> u64 {
+        self.routed_total.load(Ordering::Relaxed)
+    }
+
+    pub fn breaker(&self) -> BreakerState {
+        BreakerState::from_u8(self.breaker.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_breaker(&self, state: BreakerState) {
+        self.probe_taken.store(false, Ordering::Release);
+        self.breaker.store(state as u8, Ordering::Release);
+    }
+
+    pub(crate) fn probe_available(&self) -> bool {
+        !self.probe_taken.load(Ordering::Acquire)
+    }
+
+    /// Claims the single half-open probe; false when another request has it.
+    pub(crate) fn take_probe(&self) -> bool {
+        !self.probe_taken.swap(true, Ordering::AcqRel)
+    }
+
+    pub(crate) fn record_outcome(&self, failed: bool) {
+        if failed {
+            self.consecutive_failures.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.consecutive_failures.store(0, Ordering::Release);
+        }
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn store_metrics(&self, metrics: GpuMetrics, now_ns: u64) {
+        self.metrics.store(Some(Arc::new(TimedMetrics {
+            received_ns: now_ns,
+            metrics,
+        })));
+    }
+
+    /// The last report if it is younger than `ttl_ns`.
+    pub fn fresh_metrics(&self, now_ns: u64, ttl_ns: u64) -> Option<Arc<TimedMetrics>> {
+        let timed = self.metrics.load_full()?;
+        (now_ns.saturating_sub(timed.received_ns) <= ttl_ns).then_some(timed)
+    }
+
+    pub fn last_metrics(&self) -> Option<Arc<TimedMetrics>> {
+        self.metrics.load_full()
+    }
+}
+
+fn drain_backlog(packed: u64, rate: f64, now_ms: u32) -> f64 {
+    let tokens = (packed >> 32) as f64;
+    let since_ms = now_ms.wrapping_sub(packed as u32);
+    // A wrapped (negative) interval means "no time passed".
+    let elapsed_s = if since_ms > u32::MAX / 2 {
+        0.0
+    } else {
+        since_ms as f64 / 1000.0
+    };
+    (tokens - rate * elapsed_s).max(0.0)
+}
+
+/// A node as routing sees it: declared spec, live state and prefix-index slot.
+#[derive(Debug)]
+pub struct NodeEntry {
+    pub spec: NodeSpec,
+    pub live: Arc<NodeLive>,
+    pub slot: u16,
+}
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub nodes: Vec<Arc<NodeEntry>>,
+    by_id: HashMap<Arc<str>, usize>,
+}
+
+impl Snapshot {
+    pub fn get(&self, id: &str) -> Option<&Arc<NodeEntry>> {
+        self.by_id.get(id).map(|&i| &self.nodes[i])
+    }
+
+    fn rebuild(nodes: Vec<Arc<NodeEntry>>) -> Self {
+        let by_id = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.spec.id.clone(), i))
+            .collect();
+        Snapshot { nodes, by_id }
+    }
+}
+
+/// What `upsert` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    Added { slot: u16 },
+    Updated { slot: u16 },
+}
+
+#[derive(Debug)]
+pub struct NodeTable {
+    snapshot: ArcSwap<Snapshot>,
+    writer: Mutex<()>,
+}
+
+impl Default for NodeTable {
+    fn default() -> Self {
+        NodeTable {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            writer: Mutex::new(()),
+        }
+    }
+}
+
+impl NodeTable {
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    pub fn get(&self, id: &str) -> CoreResult<Arc<NodeEntry>> {
+        self.load()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| CoreError::UnknownNode(id.to_owned()))
+    }
+
+    /// Adds a node, or replaces the spec of an existing one keeping its live state.
+    pub fn upsert(&self, spec: NodeSpec, window_s: f64) -> CoreResult<Upserted> {
+        spec.validate()?;
+        let _guard = self.writer.lock();
+        let current = self.snapshot.load_full();
+        let mut nodes = current.nodes.clone();
+        let result = match current.by_id.get(&spec.id) {
+            Some(&i) => {
+                let old = &nodes[i];
+                let slot = old.slot;
+                nodes[i] = Arc::new(NodeEntry {
+                    spec,
+                    live: old.live.clone(),
+                    slot,
+                });
+                Upserted::Updated { slot }
+            }
+            None => {
+                let slot = free_slot(&nodes).ok_or(CoreError::TableFull(MAX_NODES))?;
+                nodes.push(Arc::new(NodeEntry {
+                    spec,
+                    live: Arc::new(NodeLive::new(window_s)),
+                    slot,
+                }));
+                Upserted::Added { slot }
+            }
+        };
+        self.snapshot.store(Arc::new(Snapshot::rebuild(nodes)));
+        Ok(result)
+    }
+
+    pub fn remove(&self, id: &str) -> CoreResult<Arc<NodeEntry>> {
+        let _guard = self.writer.lock();
+        let current = self.snapshot.load_full();
+        let &i = current
+            .by_id
+            .get(id)
+            .ok_or_else(|| CoreError::UnknownNode(id.to_owned()))?;
+        let mut nodes = current.nodes.clone();
+        let removed = nodes.remove(i);
+        self.snapshot.store(Arc::new(Snapshot::rebuild(nodes)));
+        Ok(removed)
+    }
+}
+
+fn free_slot(nodes: &[Arc<NodeEntry>]) -> Option<u16> {
+    let mut used = vec![false; MAX_NODES];
+    for n in nodes {
+        used[n.slot as usize] = true;
+    }
+    used.iter().position(|u| !u).map(|s| s as u16)
+}
+
+/// A point-in-time copy of a node for callers.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub spec: NodeSpec,
+    pub in_flight: u32,
+    pub routed_total: u64,
+    pub breaker: BreakerState,
+    pub consecutive_failures: u32,
+    pub backlog_tokens: f64,
+    /// Last report and its age in seconds; `fresh` says whether routing trusts it.
+    pub metrics: Option<GpuMetrics>,
+    pub metrics_age_s: Option<f64>,
+    pub metrics_fresh: bool,
+    pub prefix_blocks: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upsert_keeps_live_state_and_slot() {
+        let table = NodeTable::default();
+        table.upsert(NodeSpec::new("a", "h:1"), 30.0).unwrap();
+        table.get("a").unwrap().live.acquire(0.0, 1.0, 0);
+        let mut spec = NodeSpec::new("a", "h:2");
+        spec.peak_tflops = 10.0;
+        assert_eq!(table.upsert(spec, 30.0).unwrap(), Upserted::Updated { slot: 0 });
+        let node = table.get("a").unwrap();
+        assert_eq!(node.live.in_flight(), 1);
+        assert_eq!(node.spec.address, "h:2");
+    }
+
+    #[test]
+    fn slots_are_reused_after_removal() {
+        let table = NodeTable::default();
+        for id in ["a", "b", "c"] {
+            table.upsert(NodeSpec::new(id, ""), 30.0).unwrap();
+        }
+        table.remove("b").unwrap();
+        assert_eq!(
+            table.upsert(NodeSpec::new("d", ""), 30.0).unwrap(),
+            Upserted::Added { slot: 1 }
+        );
+        assert!(matches!(table.remove("zz"), Err(CoreError::UnknownNode(_))));
+    }
+
+    #[test]
+    fn release_never_goes_negative() {
+        let live = NodeLive::new(30.0);
+        live.release();
+        assert_eq!(live.in_flight(), 0);
+    }
+
+    #[test]
+    fn backlog_drains_at_the_prefill_rate() {
+        let live = NodeLive::new(30.0);
+        live.acquire(1000.0, 500.0, 0);
+        assert_eq!(live.backlog_tokens(500.0, 0), 1000.0);
+        assert_eq!(live.backlog_tokens(500.0, 1_000_000_000), 500.0);
+        assert_eq!(live.backlog_tokens(500.0, 3_000_000_000), 0.0);
+    }
+
+    #[test]
+    fn stale_metrics_are_not_fresh() {
+        let live = NodeLive::new(30.0);
+        live.store_metrics(GpuMetrics::default(), 100);
+        assert!(live.fresh_metrics(150, 100).is_some());
+        assert!(live.fresh_metrics(300, 100).is_none());
+    }
+
+    #[test]
+    fn metrics_validation_names_the_field() {
+        let m = GpuMetrics {
+            sm_utilization: Some(85.0),
+            ..Default::default()
+        };
+        assert!(m.validate().unwrap_err().to_string().contains("sm_utilization"));
+        let m = GpuMetrics {
+            pcie_tx_bytes_per_s: Some(f64::NAN),
+            ..Default::default()
+        };
+        assert!(m.validate().is_err());
+    }
+}

@@ -1,0 +1,49 @@
+//! `prefix_aware` (R2): among the nodes holding the longest matched prefix, the least
+//! loaded — unless that would overload it against the least loaded node overall, or
+//! nothing matched, in which case `least_request` decides.
+//!
+//! A prefix that every request shares (one global system prompt) cannot pull the load
+//! onto one node: once its holder is `balance_abs_threshold` requests and
+//! `balance_rel_threshold` times busier than the idlest node, requests fall back, and
+//! the fallback node then holds that prefix too.
+
+use super::{least_request, Choice, Reason};
+use crate::config::RouterConfig;
+use crate::scoring::{argmin_score, Candidate};
+
+pub fn choose(candidates: &mut [Candidate<'_>], config: &RouterConfig) -> Option<Choice> {
+    least_request::score(candidates);
+    let overall = argmin_score(candidates)?;
+    let longest = candidates
+        .iter()
+        .filter(|c| c.eligible())
+        .map(|c| c.matched_blocks)
+        .max()
+        .unwrap_or(0);
+    if longest == 0 {
+        return Some(Choice {
+            index: overall,
+            reason: Reason::FallbackLeastRequest,
+        });
+    }
+    let holder = candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.eligible() && c.matched_blocks == longest)
+        .min_by(|(_, a), (_, b)| a.score.partial_cmp(&b.score).expect("scores are finite"))
+        .map(|(i, _)| i)?;
+    let (holder_load, idlest_load) = (candidates[holder].load, candidates[overall].load);
+    let imbalanced = holder_load - idlest_load > config.balance_abs_threshold
+        && holder_load > config.balance_rel_threshold * idlest_load;
+    Some(if imbalanced {
+        Choice {
+            index: overall,
+            reason: Reason::FallbackImbalance,
+        }
+    } else {
+        Choice {
+            index: holder,
+            reason: Reason::PrefixHit,
+        }
+    })
+}

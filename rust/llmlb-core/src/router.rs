@@ -1,0 +1,485 @@
+//! The router: one object tying the node table, prefix index, policies and request
+//! lifecycle together. Every method takes `&self` and is safe to call from many threads.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::clock::{secs_to_ns, Clock};
+use crate::config::{PolicyKind, RouterConfig};
+use crate::error::{check_non_negative, CoreError, CoreResult};
+use crate::hashing::{chain_hash_bytes, chain_hash_tokens};
+use crate::lifecycle::{Completion, InFlight, InFlightRegistry, Outcome};
+use crate::node_table::{BreakerState, GpuMetrics, NodeEntry, NodeSpec, NodeStatus, NodeTable, Upserted};
+use crate::policy::{Choice, Policies};
+use crate::prefix_index::{IndexStats, PrefixIndex, PrefixMatch};
+use crate::scoring::{build_candidates, Candidate, RequestFacts, Skip};
+use crate::window::WindowSummary;
+
+pub use crate::policy::Reason;
+
+/// How often (router-clock seconds) `route` sweeps for requests never completed.
+const EXPIRY_SWEEP_INTERVAL_S: f64 = 1.0;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Prompt<'a> {
+    Text(&'a str),
+    Tokens(&'a [u32]),
+    /// No prompt given: routing by load alone.
+    Empty,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteRequest<'a> {
+    pub prompt: Prompt<'a>,
+    /// Caller's id; one is generated when absent.
+    pub request_id: Option<String>,
+    pub expected_output_tokens: Option<u32>,
+    /// Overrides the configured policy for this request (canary).
+    pub policy: Option<PolicyKind>,
+}
+
+impl<'a> RouteRequest<'a> {
+    pub fn text(prompt: &'a str) -> Self {
+        RouteRequest {
+            prompt: Prompt::Text(prompt),
+            request_id: None,
+            expected_output_tokens: None,
+            policy: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidateScore {
+    pub node_id: Arc<str>,
+    /// Lower is better; `None` when the node was skipped or the policy does not score.
+    pub score: Option<f64>,
+    pub in_flight: u32,
+    pub load: f64,
+    pub matched_blocks: u32,
+    pub skipped: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteDecision {
+    pub request_id: String,
+    pub node_id: Arc<str>,
+    pub address: String,
+    pub policy: PolicyKind,
+    pub reason: Reason,
+    pub matched_blocks: u32,
+    pub matched_tokens: u32,
+    pub prompt_tokens: u32,
+    pub candidates: Vec<CandidateScore>,
+}
+
+#[derive(Debug)]
+pub struct Router {
+    config: ArcSwap<RouterConfig>,
+    table: NodeTable,
+    index: PrefixIndex,
+    in_flight: InFlightRegistry,
+    policies: Policies,
+    clock: Clock,
+    next_request_id: AtomicU64,
+    next_sweep_ns: AtomicU64,
+}
+
+/// A prompt cut into blocks, with what the policies need to know about it.
+struct HashedPrompt {
+    hashes: Vec<u64>,
+    facts: RequestFacts,
+}
+
+impl Router {
+    pub fn new(config: RouterConfig) -> CoreResult<Self> {
+        Router::with_clock(config, Clock::Monotonic)
+    }
+
+    pub fn with_clock(config: RouterConfig, clock: Clock) -> CoreResult<Self> {
+        config.validate()?;
+        Ok(Router {
+            index: PrefixIndex::new(config.prefix_cache_size),
+            policies: Policies::new(config.seed),
+            config: ArcSwap::from_pointee(config),
+            table: NodeTable::default(),
+            in_flight: InFlightRegistry::default(),
+            clock,
+            next_request_id: AtomicU64::new(1),
+            next_sweep_ns: AtomicU64::new(0),
+        })
+    }
+
+    pub fn config(&self) -> Arc<RouterConfig> {
+        self.config.load_full()
+    }
+
+    /// Applies a new config without touching nodes, in-flight requests or the index
+    /// (beyond trimming it to a smaller capacity). An invalid config changes nothing.
+    pub fn reconfigure(&self, config: RouterConfig) -> CoreResult<()> {
+        config.validate()?;
+        self.index.set_capacity(config.prefix_cache_size);
+        for node in &self.table.load().nodes {
+            node.live.window.lock().set_window(config.load_balance_window_s);
+            self.index
+                .set_node_budget(node.slot, node_budget(&node.spec, None, &config));
+        }
+        self.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    pub fn now_s(&self) -> f64 {
+        self.clock.now_ns() as f64 / 1e9
+    }
+
+    /// Moves a manual clock forward (never back). Errors on the monotonic clock.
+    pub fn set_time_s(&self, seconds: f64) -> CoreResult<()> {
+        check_non_negative("time", seconds)?;
+        if self.clock.set_ns(secs_to_ns(seconds)) {
+            Ok(())
+        } else {
+            Err(CoreError::InvalidInput(
+                "this router runs on the monotonic clock; create it with a manual clock to set time".into(),
+            ))
+        }
+    }
+
+    /// Returns true when the node is new, false when an existing node was updated.
+    pub fn upsert_node(&self, spec: NodeSpec) -> CoreResult<bool> {
+        let config = self.config.load();
+        let budget = node_budget(&spec, None, &config);
+        let upserted = self.table.upsert(spec, config.load_balance_window_s)?;
+        let (Upserted::Added { slot } | Upserted::Updated { slot }) = upserted;
+        self.index.set_node_budget(slot, budget);
+        Ok(matches!(upserted, Upserted::Added { .. }))
+    }
+
+    /// Removes a node and its prefix-index entries. Requests still in flight on it stay
+    /// counted until completed or expired; their ids are returned so the caller can
+    /// migrate them.
+    pub fn remove_node(&self, node_id: &str) -> CoreResult<Vec<String>> {
+        let removed = self.table.remove(node_id)?;
+        self.index.forget_node(removed.slot);
+        Ok(self.in_flight.ids_on_node(node_id))
+    }
+
+    pub fn update_metrics(&self, node_id: &str, metrics: GpuMetrics) -> CoreResult<()> {
+        metrics.validate()?;
+        let node = self.table.get(node_id)?;
+        if let Some(reported) = metrics.kv_capacity_tokens {
+            let config = self.config.load();
+            let budget = node_budget(&node.spec, Some(reported), &config);
+            self.index.set_node_budget(node.slot, budget);
+        }
+        node.live.store_metrics(metrics, self.clock.now_ns());
+        Ok(())
+    }
+
+    /// The node's engine reported its prefix cache cleared (restart, reset).
+    pub fn clear_node_cache(&self, node_id: &str) -> CoreResult<()> {
+        let node = self.table.get(node_id)?;
+        self.index.forget_node(node.slot);
+        Ok(())
+    }
+
+    /// Sets a node's breaker state; returns the previous one.
+    pub fn set_breaker_state(&self, node_id: &str, state: BreakerState) -> CoreResult<BreakerState> {
+        let node = self.table.get(node_id)?;
+        let previous = node.live.breaker();
+        node.live.set_breaker(state);
+        Ok(previous)
+    }
+
+    pub fn route(&self, request: &RouteRequest<'_>) -> CoreResult<RouteDecision> {
+        let config = self.config.load();
+        let now = self.clock.now_ns();
+        self.maybe_expire(now, &config);
+        if let Some(id) = &request.request_id {
+            validate_request_id(id)?;
+            if self.in_flight.contains(id) {
+                return Err(CoreError::DuplicateRequest(id.clone()));
+            }
+        }
+        let prompt = hash_prompt(request, &config);
+        let snapshot = self.table.load();
+        if snapshot.nodes.is_empty() {
+            return Err(CoreError::NoAvailableNode("no nodes are registered".into()));
+        }
+        let matched = if prompt.hashes.is_empty() {
+            PrefixMatch::default()
+        } else {
+            self.index.lookup(&prompt.hashes)
+        };
+        let mut candidates = build_candidates(&snapshot.nodes, &matched, &config, now);
+        let policy = request.policy.unwrap_or(config.policy);
+        let choice = self.choose(policy, &mut candidates, &prompt.facts, &config)?;
+        let chosen: &Arc<NodeEntry> = candidates[choice.index].node;
+        let matched_blocks = candidates[choice.index].matched_blocks;
+        let probe = chosen.live.breaker() == BreakerState::HalfOpen;
+
+        let request_id = request.request_id.clone().unwrap_or_else(|| {
+            format!("req-{:x}", self.next_request_id.fetch_add(1, Ordering::Relaxed))
+        });
+        let cached_tokens = (matched_blocks as f64 * prompt.facts.tokens_per_block)
+            .min(prompt.facts.prompt_tokens);
+        let uncached_tokens = prompt.facts.prompt_tokens - cached_tokens;
+        let record = InFlight {
+            node: chosen.clone(),
+            started_ns: now,
+            policy,
+            prompt_tokens: prompt.facts.prompt_tokens as u32,
+            probe,
+        };
+        if let Err(duplicate) = self.in_flight.insert(request_id.clone(), record) {
+            if probe {
+                chosen.live.set_breaker(BreakerState::HalfOpen);
+            }
+            return Err(duplicate);
+        }
+        chosen
+            .live
+            .acquire(uncached_tokens, chosen.spec.prefill_rate(), now);
+        self.index.record_served(matched_blocks);
+        if (matched_blocks as usize) < prompt.hashes.len() {
+            self.index.insert(&prompt.hashes, chosen.slot);
+        }
+        Ok(RouteDecision {
+            request_id,
+            node_id: chosen.spec.id.clone(),
+            address: chosen.spec.address.clone(),
+            policy,
+            reason: choice.reason,
+            matched_blocks,
+            matched_tokens: cached_tokens as u32,
+            prompt_tokens: prompt.facts.prompt_tokens as u32,
+            candidates: candidates.iter().map(candidate_score).collect(),
+        })
+    }
+
+    /// Runs the policy; falls back to saturated nodes when nothing else can serve, and
+    /// claims the half-open probe when it picks a half-open node.
+    fn choose(
+        &self,
+        policy: PolicyKind,
+        candidates: &mut [Candidate<'_>],
+        facts: &RequestFacts,
+        config: &RouterConfig,
+    ) -> CoreResult<Choice> {
+        let mut all_saturated = false;
+        if !candidates.iter().any(Candidate::eligible) {
+            if !candidates.iter().any(|c| c.skip == Some(Skip::MemorySaturated)) {
+                return Err(no_node_error(candidates));
+            }
+            // Better to queue on the engine than to fail: use the saturated nodes.
+            for c in candidates.iter_mut() {
+                if c.skip == Some(Skip::MemorySaturated) {
+                    c.skip = None;
+                }
+            }
+            all_saturated = true;
+        }
+        loop {
+            let mut choice = self
+                .policies
+                .choose(policy, candidates, facts, config)
+                .ok_or_else(|| no_node_error(candidates))?;
+            let live = &candidates[choice.index].node.live;
+            if live.breaker() == BreakerState::HalfOpen && !live.take_probe() {
+                candidates[choice.index].skip = Some(Skip::ProbeInUse);
+                candidates[choice.index].score = None;
+                continue;
+            }
+            if all_saturated {
+                choice.reason = Reason::AllSaturated;
+            }
+            return Ok(choice);
+        }
+    }
+
+    /// Releases a request. Returns `None` when the id is unknown or already released
+    /// (completion is idempotent: a second call is a no-op).
+    pub fn complete(
+        &self,
+        request_id: &str,
+        outcome: Outcome,
+        ttft_s: Option<f64>,
+        tokens_in: u64,
+        tokens_out: u64,
+    ) -> CoreResult<Option<Completion>> {
+        if let Some(ttft) = ttft_s {
+            check_non_negative("ttft_s", ttft)?;
+        }
+        let Some(request) = self.in_flight.take(request_id) else {
+            return Ok(None);
+        };
+        let now = self.clock.now_ns();
+        Ok(Some(release(request_id.to_owned(), request, outcome, ttft_s, tokens_in, tokens_out, now)))
+    }
+
+    /// Releases every request older than `request_ttl_s` as expired.
+    pub fn expire_stale(&self) -> Vec<Completion> {
+        let config = self.config.load();
+        let now = self.clock.now_ns();
+        let deadline = now.saturating_sub(secs_to_ns(config.request_ttl_s));
+        self.in_flight
+            .take_started_before(deadline)
+            .into_iter()
+            .map(|(id, request)| release(id, request, Outcome::Expired, None, 0, 0, now))
+            .collect()
+    }
+
+    fn maybe_expire(&self, now: u64, config: &RouterConfig) {
+        let due = self.next_sweep_ns.load(Ordering::Acquire);
+        if now < due {
+            return;
+        }
+        let next = now + secs_to_ns(EXPIRY_SWEEP_INTERVAL_S.min(config.request_ttl_s));
+        if self
+            .next_sweep_ns
+            .compare_exchange(due, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.expire_stale();
+        }
+    }
+
+    pub fn in_flight_request_ids(&self, node_id: &str) -> CoreResult<Vec<String>> {
+        self.table.get(node_id)?;
+        Ok(self.in_flight.ids_on_node(node_id))
+    }
+
+    pub fn in_flight_total(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    pub fn node_statuses(&self) -> Vec<NodeStatus> {
+        let config = self.config.load();
+        let now = self.clock.now_ns();
+        let ttl = secs_to_ns(config.metrics_ttl_s);
+        self.table
+            .load()
+            .nodes
+            .iter()
+            .map(|node| {
+                let live = &node.live;
+                let last = live.last_metrics();
+                NodeStatus {
+                    spec: node.spec.clone(),
+                    in_flight: live.in_flight(),
+                    routed_total: live.routed_total(),
+                    breaker: live.breaker(),
+                    consecutive_failures: live.consecutive_failures(),
+                    backlog_tokens: live.backlog_tokens(node.spec.prefill_rate(), now),
+                    metrics_age_s: last
+                        .as_ref()
+                        .map(|t| now.saturating_sub(t.received_ns) as f64 / 1e9),
+                    metrics_fresh: live.fresh_metrics(now, ttl).is_some(),
+                    metrics: last.map(|t| t.metrics.clone()),
+                    prefix_blocks: self.index.blocks_held_by(node.slot),
+                }
+            })
+            .collect()
+    }
+
+    pub fn window_summary(&self, node_id: &str) -> CoreResult<WindowSummary> {
+        let node = self.table.get(node_id)?;
+        let now = self.clock.now_ns();
+        let summary = node.live.window.lock().summary(now);
+        Ok(summary)
+    }
+
+    pub fn index_stats(&self) -> IndexStats {
+        self.index.stats()
+    }
+}
+
+fn release(
+    request_id: String,
+    request: InFlight,
+    outcome: Outcome,
+    ttft_s: Option<f64>,
+    tokens_in: u64,
+    tokens_out: u64,
+    now: u64,
+) -> Completion {
+    let live = &request.node.live;
+    live.release();
+    live.record_outcome(outcome.is_failure());
+    live.window
+        .lock()
+        .record(now, outcome, ttft_s, tokens_in, tokens_out);
+    Completion {
+        request_id,
+        node_id: request.node.spec.id.clone(),
+        policy: request.policy,
+        outcome,
+        duration_s: now.saturating_sub(request.started_ns) as f64 / 1e9,
+        was_probe: request.probe,
+    }
+}
+
+fn validate_request_id(id: &str) -> CoreResult<()> {
+    if id.is_empty() || id.len() > 256 {
+        return Err(CoreError::InvalidInput(format!(
+            "request_id must be 1 to 256 bytes long, got {} bytes",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+fn hash_prompt(request: &RouteRequest<'_>, config: &RouterConfig) -> HashedPrompt {
+    let (hashes, prompt_tokens, tokens_per_block) = match request.prompt {
+        Prompt::Text(text) => (
+            chain_hash_bytes(text.as_bytes(), config.char_block_size),
+            text.len() as f64 / config.chars_per_token,
+            config.char_block_size as f64 / config.chars_per_token,
+        ),
+        Prompt::Tokens(tokens) => (
+            chain_hash_tokens(tokens, config.token_block_size),
+            tokens.len() as f64,
+            config.token_block_size as f64,
+        ),
+        Prompt::Empty => (Vec::new(), 0.0, config.token_block_size as f64),
+    };
+    let decode_share = match request.expected_output_tokens {
+        Some(out) if prompt_tokens + out as f64 > 0.0 => out as f64 / (prompt_tokens + out as f64),
+        _ => 0.5,
+    };
+    HashedPrompt {
+        hashes,
+        facts: RequestFacts {
+            prompt_tokens,
+            tokens_per_block,
+            decode_share,
+        },
+    }
+}
+
+/// Blocks of the prefix index a node may be credited with: its KV capacity (reported by
+/// its agent, else declared) in blocks.
+fn node_budget(spec: &NodeSpec, reported_tokens: Option<f64>, config: &RouterConfig) -> Option<u32> {
+    let tokens = reported_tokens.or(spec.kv_capacity_tokens.map(|t| t as f64))?;
+    Some((tokens / config.token_block_size as f64).clamp(1.0, u32::MAX as f64) as u32)
+}
+
+fn candidate_score(c: &Candidate<'_>) -> CandidateScore {
+    CandidateScore {
+        node_id: c.node.spec.id.clone(),
+        score: c.score,
+        in_flight: c.in_flight,
+        load: c.load,
+        matched_blocks: c.matched_blocks,
+        skipped: c.skip.map(Skip::as_str),
+    }
+}
+
+fn no_node_error(candidates: &[Candidate<'_>]) -> CoreError {
+    let reasons: Vec<String> = candidates
+        .iter()
+        .map(|c| format!("{}: {}", c.node.spec.id, c.skip.map_or("eligible", Skip::as_str)))
+        .collect();
+    CoreError::NoAvailableNode(reasons.join(", "))
+}

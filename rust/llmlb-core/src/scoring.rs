@@ -1,0 +1,198 @@
+//! Per-candidate figures the policies score with, built once per request from the node
+//! snapshot, and the cost functions shared by more than one policy. All costs are
+//! "lower is better".
+
+use std::sync::Arc;
+
+use crate::config::{RouterConfig, Weights};
+use crate::node_table::{BreakerState, NodeEntry};
+use crate::prefix_index::PrefixMatch;
+
+/// Decode work of one running request, in prefill-token equivalents: with continuous
+/// batching each running sequence takes a slice of every step that prefill shares.
+pub const DECODE_TOKENS_PER_RUNNING: f64 = 64.0;
+
+/// PCIe bandwidth taken as 100% when scoring transfer pressure (PCIe 5.0 x16, one way).
+pub const PCIE_FULL_BYTES_PER_S: f64 = 64e9;
+
+/// Why a node was not eligible for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    BreakerOpen,
+    ProbeInUse,
+    AtMaxConcurrency,
+    MemorySaturated,
+}
+
+impl Skip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::BreakerOpen => "breaker_open",
+            Skip::ProbeInUse => "half_open_probe_in_use",
+            Skip::AtMaxConcurrency => "at_max_concurrency",
+            Skip::MemorySaturated => "gpu_memory_saturated",
+        }
+    }
+}
+
+/// What the router knows about the request being routed.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts {
+    pub prompt_tokens: f64,
+    pub tokens_per_block: f64,
+    /// Expected share of the work that is decode, in [0, 1] (0.5 when unknown).
+    pub decode_share: f64,
+}
+
+#[derive(Debug)]
+pub struct Candidate<'a> {
+    pub node: &'a Arc<NodeEntry>,
+    pub in_flight: u32,
+    /// Requests on the node: ours, or the engine's own running + waiting when it reports
+    /// more (other router replicas send to it too).
+    pub load: f64,
+    /// Peak TFLOPS relative to the cluster mean.
+    pub capability: f64,
+    pub memory_pressure: Option<f64>,
+    pub sm_utilization: Option<f64>,
+    pub bandwidth_utilization: Option<f64>,
+    pub pcie_utilization: Option<f64>,
+    pub backlog_tokens: f64,
+    pub prefill_rate: f64,
+    pub matched_blocks: u32,
+    pub skip: Option<Skip>,
+    pub score: Option<f64>,
+}
+
+impl Candidate<'_> {
+    pub fn eligible(&self) -> bool {
+        self.skip.is_none()
+    }
+}
+
+/// Builds the candidate list for one request.
+pub fn build_candidates<'a>(
+    nodes: &'a [Arc<NodeEntry>],
+    matched: &PrefixMatch,
+    config: &RouterConfig,
+    now_ns: u64,
+) -> Vec<Candidate<'a>> {
+    let ttl_ns = crate::clock::secs_to_ns(config.metrics_ttl_s);
+    let mean_tflops =
+        nodes.iter().map(|n| n.spec.peak_tflops).sum::<f64>() / nodes.len().max(1) as f64;
+    nodes
+        .iter()
+        .map(|node| {
+            let live = &node.live;
+            let in_flight = live.in_flight();
+            let mut candidate = Candidate {
+                node,
+                in_flight,
+                load: in_flight as f64,
+                capability: node.spec.peak_tflops / mean_tflops,
+                memory_pressure: None,
+                sm_utilization: None,
+                bandwidth_utilization: None,
+                pcie_utilization: None,
+                backlog_tokens: live.backlog_tokens(node.spec.prefill_rate(), now_ns),
+                prefill_rate: node.spec.prefill_rate(),
+                matched_blocks: matched.depth_of(node.slot),
+                skip: None,
+                score: None,
+            };
+            if let Some(timed) = live.fresh_metrics(now_ns, ttl_ns) {
+                let m = &timed.metrics;
+                let engine_load = m.num_requests_running.unwrap_or(0.0)
+                    + m.num_requests_waiting.unwrap_or(0.0);
+                candidate.load = candidate.load.max(engine_load);
+                candidate.memory_pressure = m.memory_pressure(node.spec.gpu_memory_bytes);
+                candidate.sm_utilization = m.sm_utilization;
+                candidate.bandwidth_utilization = m.mem_bandwidth_utilization;
+                candidate.pcie_utilization = match (m.pcie_tx_bytes_per_s, m.pcie_rx_bytes_per_s) {
+                    (None, None) => None,
+                    (tx, rx) => Some(
+                        (tx.unwrap_or(0.0).max(rx.unwrap_or(0.0)) / PCIE_FULL_BYTES_PER_S).min(1.0),
+                    ),
+                };
+            }
+            candidate.skip = skip_reason(&candidate, config);
+            candidate
+        })
+        .collect()
+}
+
+fn skip_reason(c: &Candidate<'_>, config: &RouterConfig) -> Option<Skip> {
+    match c.node.live.breaker() {
+        BreakerState::Open => return Some(Skip::BreakerOpen),
+        BreakerState::HalfOpen if !c.node.live.probe_available() => return Some(Skip::ProbeInUse),
+        _ => {}
+    }
+    if c.node
+        .spec
+        .max_concurrency
+        .is_some_and(|max| c.in_flight >= max)
+    {
+        return Some(Skip::AtMaxConcurrency);
+    }
+    if c.memory_pressure
+        .is_some_and(|p| p >= config.memory_saturation_threshold)
+    {
+        return Some(Skip::MemorySaturated);
+    }
+    None
+}
+
+/// Mean memory pressure of nodes that reported one: the stand-in for nodes that did not,
+/// so silence is neither rewarded nor punished.
+pub fn mean_memory_pressure(candidates: &[Candidate<'_>]) -> f64 {
+    let known: Vec<f64> = candidates.iter().filter_map(|c| c.memory_pressure).collect();
+    if known.is_empty() {
+        0.0
+    } else {
+        known.iter().sum::<f64>() / known.len() as f64
+    }
+}
+
+/// R1: in-flight load normalised by capability and free GPU memory.
+pub fn least_request_cost(c: &Candidate<'_>, mean_pressure: f64) -> f64 {
+    let free = 1.0 - c.memory_pressure.unwrap_or(mean_pressure);
+    (c.load + 1.0) / (c.capability * (0.25 + 0.75 * free))
+}
+
+/// R3: GPU pressure in [0, 1.25]; decode-heavy requests weigh memory bandwidth more,
+/// prefill-heavy ones SM use. Unreported figures count as no pressure.
+pub fn gpu_pressure(c: &Candidate<'_>, decode_share: f64) -> f64 {
+    let bw = c.bandwidth_utilization.unwrap_or(0.0);
+    let sm = c.sm_utilization.unwrap_or(0.0);
+    let pcie = c.pcie_utilization.unwrap_or(0.0);
+    decode_share * bw * bw + (1.0 - decode_share) * sm * sm + 0.25 * pcie * pcie
+}
+
+/// Estimated seconds to first token on this node: its queued prefill plus decode
+/// interference, plus this request's uncached tokens, at the node's prefill rate.
+pub fn estimated_ttft_s(c: &Candidate<'_>, request: &RequestFacts, weights: &Weights) -> f64 {
+    let cached = (weights.prefix * c.matched_blocks as f64 * request.tokens_per_block)
+        .min(request.prompt_tokens);
+    let own = request.prompt_tokens - cached;
+    let queue = weights.load * (c.backlog_tokens + DECODE_TOKENS_PER_RUNNING * c.load);
+    (queue + own) / c.prefill_rate
+}
+
+/// Index of the lowest score among eligible candidates; ties go to the longer prefix
+/// match, then to the earlier node.
+pub fn argmin_score(candidates: &[Candidate<'_>]) -> Option<usize> {
+    let mut best: Option<(usize, f64, u32)> = None;
+    for (i, c) in candidates.iter().enumerate() {
+        let (Some(score), true) = (c.score, c.eligible()) else {
+            continue;
+        };
+        let better = match best {
+            None => true,
+            Some((_, s, m)) => score < s || (score == s && c.matched_blocks > m),
+        };
+        if better {
+            best = Some((i, score, c.matched_blocks));
+        }
+    }
+    best.map(|(i, _, _)| i)
+}

@@ -1,0 +1,38 @@
+//! PyO3 binding of `llmlb-core`, imported as `llmlb_fast._core`. It converts types and
+//! errors only; every routing rule lives in the core crate.
+
+mod config;
+mod decision;
+mod errors;
+mod node;
+mod router;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+mod _core {
+    #[pymodule_export]
+    use super::config::RouterConfig;
+    #[pymodule_export]
+    use super::decision::{CandidateScore, Completion, RouteDecision};
+    #[pymodule_export]
+    use super::node::{Node, NodeStatus};
+    #[pymodule_export]
+    use super::router::Router;
+
+    use pyo3::prelude::*;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("HASH_SEED", llmlb_core::hashing::HASH_SEED)?;
+        m.add(
+            "POLICIES",
+            llmlb_core::PolicyKind::ALL
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>(),
+        )?;
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        Ok(())
+    }
+}

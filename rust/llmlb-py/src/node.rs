@@ -1,0 +1,206 @@
+//! `Node` (what an operator declares) and `NodeStatus` (a point-in-time view).
+
+use std::collections::BTreeMap;
+
+use llmlb_core as core;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::errors::IntoPyResult;
+
+#[pyclass(frozen, module = "llmlb_fast._core", eq, from_py_object)]
+#[derive(Clone, PartialEq)]
+pub struct Node {
+    pub spec: core::NodeSpec,
+}
+
+#[pymethods]
+impl Node {
+    #[new]
+    #[pyo3(signature = (
+        id,
+        address = "",
+        *,
+        peak_tflops = 989.0,
+        gpu_memory_bytes = None,
+        max_concurrency = None,
+        prefill_tokens_per_s = None,
+        kv_capacity_tokens = None,
+        labels = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        id: &str,
+        address: &str,
+        peak_tflops: f64,
+        gpu_memory_bytes: Option<u64>,
+        max_concurrency: Option<u32>,
+        prefill_tokens_per_s: Option<f64>,
+        kv_capacity_tokens: Option<u64>,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> PyResult<Self> {
+        let spec = core::NodeSpec {
+            id: id.into(),
+            address: address.to_owned(),
+            peak_tflops,
+            gpu_memory_bytes,
+            max_concurrency,
+            prefill_tokens_per_s,
+            kv_capacity_tokens,
+            labels: labels.unwrap_or_default().into_iter().collect(),
+        };
+        spec.validate().py_err()?;
+        Ok(Node { spec })
+    }
+
+    #[getter]
+    fn id(&self) -> &str {
+        &self.spec.id
+    }
+    #[getter]
+    fn address(&self) -> &str {
+        &self.spec.address
+    }
+    #[getter]
+    fn peak_tflops(&self) -> f64 {
+        self.spec.peak_tflops
+    }
+    #[getter]
+    fn gpu_memory_bytes(&self) -> Option<u64> {
+        self.spec.gpu_memory_bytes
+    }
+    #[getter]
+    fn max_concurrency(&self) -> Option<u32> {
+        self.spec.max_concurrency
+    }
+    #[getter]
+    fn prefill_tokens_per_s(&self) -> f64 {
+        self.spec.prefill_rate()
+    }
+    #[getter]
+    fn kv_capacity_tokens(&self) -> Option<u64> {
+        self.spec.kv_capacity_tokens
+    }
+    #[getter]
+    fn labels(&self) -> BTreeMap<String, String> {
+        self.spec.labels.iter().cloned().collect()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Node(id={:?}, address={:?}, peak_tflops={})",
+            &*self.spec.id, self.spec.address, self.spec.peak_tflops
+        )
+    }
+}
+
+#[pyclass(frozen, module = "llmlb_fast._core")]
+pub struct NodeStatus {
+    pub status: core::NodeStatus,
+}
+
+#[pymethods]
+impl NodeStatus {
+    #[getter]
+    fn node(&self) -> Node {
+        Node {
+            spec: self.status.spec.clone(),
+        }
+    }
+    #[getter]
+    fn id(&self) -> &str {
+        &self.status.spec.id
+    }
+    #[getter]
+    fn in_flight(&self) -> u32 {
+        self.status.in_flight
+    }
+    #[getter]
+    fn routed_total(&self) -> u64 {
+        self.status.routed_total
+    }
+    #[getter]
+    fn breaker_state(&self) -> &'static str {
+        self.status.breaker.as_str()
+    }
+    #[getter]
+    fn consecutive_failures(&self) -> u32 {
+        self.status.consecutive_failures
+    }
+    #[getter]
+    fn backlog_tokens(&self) -> f64 {
+        self.status.backlog_tokens
+    }
+    #[getter]
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.status
+            .metrics
+            .as_ref()
+            .map(|m| metrics_dict(py, m))
+            .transpose()
+    }
+    #[getter]
+    fn metrics_age_s(&self) -> Option<f64> {
+        self.status.metrics_age_s
+    }
+    #[getter]
+    fn metrics_fresh(&self) -> bool {
+        self.status.metrics_fresh
+    }
+    #[getter]
+    fn prefix_blocks(&self) -> u32 {
+        self.status.prefix_blocks
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "NodeStatus(id={:?}, in_flight={}, breaker_state={:?}, metrics_fresh={})",
+            &*self.status.spec.id,
+            self.status.in_flight,
+            self.status.breaker.as_str(),
+            self.status.metrics_fresh
+        )
+    }
+}
+
+pub const METRIC_FIELDS: [&str; 12] = [
+    "gpu_memory_used_bytes",
+    "gpu_memory_total_bytes",
+    "kv_cache_memory_bytes",
+    "compute_memory_bytes",
+    "kv_cache_usage",
+    "sm_utilization",
+    "mem_bandwidth_utilization",
+    "pcie_tx_bytes_per_s",
+    "pcie_rx_bytes_per_s",
+    "num_requests_running",
+    "num_requests_waiting",
+    "kv_capacity_tokens",
+];
+
+pub fn metric_values(m: &core::GpuMetrics) -> [Option<f64>; 12] {
+    [
+        m.gpu_memory_used_bytes,
+        m.gpu_memory_total_bytes,
+        m.kv_cache_memory_bytes,
+        m.compute_memory_bytes,
+        m.kv_cache_usage,
+        m.sm_utilization,
+        m.mem_bandwidth_utilization,
+        m.pcie_tx_bytes_per_s,
+        m.pcie_rx_bytes_per_s,
+        m.num_requests_running,
+        m.num_requests_waiting,
+        m.kv_capacity_tokens,
+    ]
+}
+
+fn metrics_dict<'py>(py: Python<'py>, m: &core::GpuMetrics) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (name, value) in METRIC_FIELDS.iter().zip(metric_values(m)) {
+        if let Some(v) = value {
+            dict.set_item(name, v)?;
+        }
+    }
+    Ok(dict)
+}

@@ -1,0 +1,299 @@
+//! `Router`: the Python face of `llmlb_core::Router`. Calls that can take long (bulk
+//! index work, sweeps, snapshots) run detached from the interpreter; so does `route`,
+//! so that several Python threads can route at once.
+
+use llmlb_core as core;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+
+use crate::config::RouterConfig;
+use crate::decision::{Completion, RouteDecision};
+use crate::errors::{invalid_input, IntoPyResult};
+use crate::node::{Node, NodeStatus};
+
+#[pyclass(frozen, module = "llmlb_fast._core")]
+pub struct Router {
+    inner: core::Router,
+}
+
+/// Token ids as u32, with a clear error for anything else.
+fn token_ids_u32(ids: Vec<i64>) -> PyResult<Vec<u32>> {
+    ids.into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            u32::try_from(id).map_err(|_| {
+                invalid_input(format!(
+                    "token_ids[{i}] = {id} is not a token id (expected 0 <= id < 2**32)"
+                ))
+            })
+        })
+        .collect()
+}
+
+#[pymethods]
+impl Router {
+    #[new]
+    #[pyo3(signature = (config = None, nodes = None, *, manual_clock = false))]
+    fn new(
+        config: Option<RouterConfig>,
+        nodes: Option<Vec<Node>>,
+        manual_clock: bool,
+    ) -> PyResult<Self> {
+        let config = config.map(|c| c.inner).unwrap_or_default();
+        let clock = if manual_clock {
+            core::Clock::manual()
+        } else {
+            core::Clock::Monotonic
+        };
+        let inner = core::Router::with_clock(config, clock).py_err()?;
+        for node in nodes.unwrap_or_default() {
+            inner.upsert_node(node.spec).py_err()?;
+        }
+        Ok(Router { inner })
+    }
+
+    #[getter]
+    fn config(&self) -> RouterConfig {
+        RouterConfig {
+            inner: (*self.inner.config()).clone(),
+        }
+    }
+
+    /// Applies a new config; nodes, in-flight counts and the prefix index are kept.
+    fn reconfigure(&self, py: Python<'_>, config: RouterConfig) -> PyResult<()> {
+        py.detach(|| self.inner.reconfigure(config.inner)).py_err()
+    }
+
+    /// Adds a node or updates an existing one (live state kept). True if it is new.
+    fn upsert_node(&self, py: Python<'_>, node: Node) -> PyResult<bool> {
+        py.detach(|| self.inner.upsert_node(node.spec)).py_err()
+    }
+
+    /// Removes a node; returns the ids of requests still in flight on it.
+    fn remove_node(&self, py: Python<'_>, node_id: &str) -> PyResult<Vec<String>> {
+        py.detach(|| self.inner.remove_node(node_id)).py_err()
+    }
+
+    #[pyo3(signature = (
+        node_id,
+        *,
+        gpu_memory_used_bytes = None,
+        gpu_memory_total_bytes = None,
+        kv_cache_memory_bytes = None,
+        compute_memory_bytes = None,
+        kv_cache_usage = None,
+        sm_utilization = None,
+        mem_bandwidth_utilization = None,
+        pcie_tx_bytes_per_s = None,
+        pcie_rx_bytes_per_s = None,
+        num_requests_running = None,
+        num_requests_waiting = None,
+        kv_capacity_tokens = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn update_metrics(
+        &self,
+        py: Python<'_>,
+        node_id: &str,
+        gpu_memory_used_bytes: Option<f64>,
+        gpu_memory_total_bytes: Option<f64>,
+        kv_cache_memory_bytes: Option<f64>,
+        compute_memory_bytes: Option<f64>,
+        kv_cache_usage: Option<f64>,
+        sm_utilization: Option<f64>,
+        mem_bandwidth_utilization: Option<f64>,
+        pcie_tx_bytes_per_s: Option<f64>,
+        pcie_rx_bytes_per_s: Option<f64>,
+        num_requests_running: Option<f64>,
+        num_requests_waiting: Option<f64>,
+        kv_capacity_tokens: Option<f64>,
+    ) -> PyResult<()> {
+        let metrics = core::GpuMetrics {
+            gpu_memory_used_bytes,
+            gpu_memory_total_bytes,
+            kv_cache_memory_bytes,
+            compute_memory_bytes,
+            kv_cache_usage,
+            sm_utilization,
+            mem_bandwidth_utilization,
+            pcie_tx_bytes_per_s,
+            pcie_rx_bytes_per_s,
+            num_requests_running,
+            num_requests_waiting,
+            kv_capacity_tokens,
+        };
+        py.detach(|| self.inner.update_metrics(node_id, metrics))
+            .py_err()
+    }
+
+    /// Forgets the prefix-index entries of a node whose engine cleared its cache.
+    fn clear_node_cache(&self, py: Python<'_>, node_id: &str) -> PyResult<()> {
+        py.detach(|| self.inner.clear_node_cache(node_id)).py_err()
+    }
+
+    /// Sets "closed", "open" or "half_open"; returns the previous state.
+    fn set_breaker_state(&self, node_id: &str, state: &str) -> PyResult<&'static str> {
+        let state = core::BreakerState::parse(state).py_err()?;
+        let previous = self.inner.set_breaker_state(node_id, state).py_err()?;
+        Ok(previous.as_str())
+    }
+
+    #[pyo3(signature = (
+        prompt = None,
+        *,
+        token_ids = None,
+        request_id = None,
+        expected_output_tokens = None,
+        policy = None,
+    ))]
+    fn route(
+        &self,
+        py: Python<'_>,
+        prompt: Option<&Bound<'_, PyString>>,
+        token_ids: Option<Vec<i64>>,
+        request_id: Option<String>,
+        expected_output_tokens: Option<u32>,
+        policy: Option<&str>,
+    ) -> PyResult<RouteDecision> {
+        let policy = policy.map(str::parse).transpose().py_err()?;
+        let tokens = token_ids.map(token_ids_u32).transpose()?;
+        let text = prompt.map(|p| p.to_str()).transpose()?;
+        let prompt = match (text, &tokens) {
+            (Some(_), Some(_)) => {
+                return Err(invalid_input("give prompt or token_ids, not both"));
+            }
+            (Some(text), None) => core::Prompt::Text(text),
+            (None, Some(tokens)) => core::Prompt::Tokens(tokens),
+            (None, None) => core::Prompt::Empty,
+        };
+        let request = core::RouteRequest {
+            prompt,
+            request_id,
+            expected_output_tokens,
+            policy,
+        };
+        let decision = py.detach(|| self.inner.route(&request)).py_err()?;
+        Ok(RouteDecision { inner: decision })
+    }
+
+    /// Releases a request once. Returns None when the id is unknown or was already
+    /// released (a second call is a no-op).
+    #[pyo3(signature = (request_id, outcome = "ok", *, ttft_s = None, tokens_in = 0, tokens_out = 0))]
+    fn complete(
+        &self,
+        request_id: &str,
+        outcome: &str,
+        ttft_s: Option<f64>,
+        tokens_in: u64,
+        tokens_out: u64,
+    ) -> PyResult<Option<Completion>> {
+        let outcome = core::Outcome::parse(outcome).py_err()?;
+        let completion = self
+            .inner
+            .complete(request_id, outcome, ttft_s, tokens_in, tokens_out)
+            .py_err()?;
+        Ok(completion.map(|inner| Completion { inner }))
+    }
+
+    /// Releases requests older than `request_ttl_s` (also done by `route` every second).
+    fn expire_stale(&self, py: Python<'_>) -> Vec<Completion> {
+        py.detach(|| self.inner.expire_stale())
+            .into_iter()
+            .map(|inner| Completion { inner })
+            .collect()
+    }
+
+    fn in_flight_request_ids(&self, py: Python<'_>, node_id: &str) -> PyResult<Vec<String>> {
+        py.detach(|| self.inner.in_flight_request_ids(node_id))
+            .py_err()
+    }
+
+    #[getter]
+    fn in_flight_total(&self) -> usize {
+        self.inner.in_flight_total()
+    }
+
+    fn nodes(&self, py: Python<'_>) -> Vec<NodeStatus> {
+        py.detach(|| self.inner.node_statuses())
+            .into_iter()
+            .map(|status| NodeStatus { status })
+            .collect()
+    }
+
+    /// Per-node outcome window (`load_balance_window`).
+    fn node_stats<'py>(&self, py: Python<'py>, node_id: &str) -> PyResult<Bound<'py, PyDict>> {
+        let summary = self.inner.window_summary(node_id).py_err()?;
+        window_dict(py, &summary)
+    }
+
+    /// Router-wide figures: prefix index, in-flight total, per-node windows.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let index = py.detach(|| self.inner.index_stats());
+        let stats = PyDict::new(py);
+        stats.set_item("in_flight_total", self.inner.in_flight_total())?;
+        let idx = PyDict::new(py);
+        idx.set_item("entries", index.entries)?;
+        idx.set_item("capacity", index.capacity)?;
+        idx.set_item("bytes", index.bytes)?;
+        idx.set_item("bytes_per_entry", index.bytes_per_entry)?;
+        idx.set_item("lookups", index.lookups)?;
+        idx.set_item("lookups_with_hit", index.lookups_with_hit)?;
+        idx.set_item("blocks_looked_up", index.blocks_looked_up)?;
+        idx.set_item("blocks_matched", index.blocks_matched)?;
+        let hit_rate = if index.blocks_looked_up > 0 {
+            index.blocks_matched as f64 / index.blocks_looked_up as f64
+        } else {
+            0.0
+        };
+        idx.set_item("block_hit_rate", hit_rate)?;
+        idx.set_item("evicted", index.evicted)?;
+        stats.set_item("prefix_index", idx)?;
+        let nodes = PyDict::new(py);
+        for status in self.inner.node_statuses() {
+            let summary = self.inner.window_summary(&status.spec.id).py_err()?;
+            let node = window_dict(py, &summary)?;
+            node.set_item("in_flight", status.in_flight)?;
+            node.set_item("routed_total", status.routed_total)?;
+            node.set_item("breaker_state", status.breaker.as_str())?;
+            node.set_item("consecutive_failures", status.consecutive_failures)?;
+            node.set_item("prefix_blocks", status.prefix_blocks)?;
+            nodes.set_item(&*status.spec.id, node)?;
+        }
+        stats.set_item("nodes", nodes)?;
+        Ok(stats)
+    }
+
+    /// Seconds on the router's clock.
+    fn now(&self) -> f64 {
+        self.inner.now_s()
+    }
+
+    /// Moves a manual clock to `seconds` (never backwards).
+    fn set_time(&self, seconds: f64) -> PyResult<()> {
+        self.inner.set_time_s(seconds).py_err()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Router(policy={:?}, nodes={}, in_flight={})",
+            self.inner.config().policy.as_str(),
+            self.inner.node_statuses().len(),
+            self.inner.in_flight_total()
+        )
+    }
+}
+
+fn window_dict<'py>(py: Python<'py>, s: &core::WindowSummary) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("window_s", s.window_s)?;
+    dict.set_item("completed", s.completed)?;
+    dict.set_item("ok", s.ok)?;
+    dict.set_item("errors", s.errors)?;
+    dict.set_item("timeouts", s.timeouts)?;
+    dict.set_item("expired", s.expired)?;
+    dict.set_item("error_rate", s.error_rate)?;
+    dict.set_item("mean_ttft_s", s.mean_ttft_s)?;
+    dict.set_item("tokens_in", s.tokens_in)?;
+    dict.set_item("tokens_out", s.tokens_out)?;
+    Ok(dict)
+}
