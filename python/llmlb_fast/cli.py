@@ -10,6 +10,8 @@ from collections.abc import Sequence
 # Subcommand name -> module. Each module defines HELP, add_arguments(parser), run(args).
 SUBCOMMANDS: dict[str, str] = {
     "demo": "llmlb_fast.demo",
+    "bench": "llmlb_fast.bench",
+    "serve": "llmlb_fast.serve",
 }
 
 

@@ -130,7 +130,8 @@ impl GpuMetrics {
                 check_fraction(field, v)?;
             }
         }
-        if let (Some(used), Some(total)) = (self.gpu_memory_used_bytes, self.gpu_memory_total_bytes) {
+        if let (Some(used), Some(total)) = (self.gpu_memory_used_bytes, self.gpu_memory_total_bytes)
+        {
             if used > total {
                 return Err(CoreError::InvalidInput(format!(
                     "gpu_memory_used_bytes ({used}) exceeds gpu_memory_total_bytes ({total})"
@@ -474,7 +475,10 @@ mod tests {
         table.get("a").unwrap().live.acquire(0.0, 1.0, 0);
         let mut spec = NodeSpec::new("a", "h:2");
         spec.peak_tflops = 10.0;
-        assert_eq!(table.upsert(spec, 30.0).unwrap(), Upserted::Updated { slot: 0 });
+        assert_eq!(
+            table.upsert(spec, 30.0).unwrap(),
+            Upserted::Updated { slot: 0 }
+        );
         let node = table.get("a").unwrap();
         assert_eq!(node.live.in_flight(), 1);
         assert_eq!(node.spec.address, "h:2");
@@ -524,7 +528,11 @@ mod tests {
             sm_utilization: Some(85.0),
             ..Default::default()
         };
-        assert!(m.validate().unwrap_err().to_string().contains("sm_utilization"));
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("sm_utilization"));
         let m = GpuMetrics {
             pcie_tx_bytes_per_s: Some(f64::NAN),
             ..Default::default()

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::RwLock;
 use smallvec::SmallVec;
 
-const NO_PARENT: u32 = u32::MAX;
 /// Evict down to this share of a bound, so eviction runs once per many inserts.
 const EVICT_TO: f64 = 0.95;
 /// Let a node's holdings exceed its budget by this share before sweeping it.
@@ -43,13 +42,17 @@ impl Hasher for IdentityHasher {
     }
 }
 
-type HashToSlot = HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>;
+/// Entries live in the map itself: one cache miss per block looked up, not two.
+type EntryMap = HashMap<u64, Entry, BuildHasherDefault<IdentityHasher>>;
+/// Node slots holding an entry, kept sorted so membership is a binary search and the
+/// lookup can intersect holder sets in one merge pass (a system prompt may be on every node).
 type Holders = SmallVec<[u16; 4]>;
 
 #[derive(Debug)]
 struct Entry {
-    hash: u64,
-    parent: u32,
+    /// Hash of the previous block; meaningless for a root (depth 0) entry.
+    parent: u64,
+    depth: u32,
     children: u32,
     last_used: AtomicU64,
     holders: Holders,
@@ -69,6 +72,17 @@ impl PrefixMatch {
             .find(|(s, _)| *s == slot)
             .map_or(0, |&(_, d)| d)
     }
+
+    /// Depth of every slot below `slots`, for callers that ask about many nodes.
+    pub fn dense_depths(&self, slots: usize) -> Vec<u32> {
+        let mut depths = vec![0; slots];
+        for &(slot, depth) in &self.depth_by_slot {
+            if let Some(d) = depths.get_mut(slot as usize) {
+                *d = depth;
+            }
+        }
+        depths
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -86,14 +100,11 @@ pub struct IndexStats {
 
 #[derive(Debug, Default)]
 struct Tree {
-    map: HashToSlot,
-    entries: Vec<Entry>,
-    free: Vec<u32>,
+    map: EntryMap,
     blocks_by_node: Vec<u32>,
     budget_by_node: Vec<Option<u32>>,
     capacity: usize,
     evicted: u64,
-    spilled_holders: usize,
 }
 
 #[derive(Debug, Default)]
@@ -134,23 +145,25 @@ impl PrefixIndex {
 
     /// Records that node `slot` now holds every block of `hashes`.
     pub fn insert(&self, hashes: &[u64], slot: u16) {
-        if hashes.is_empty() {
+        self.insert_from(hashes, 0, slot);
+    }
+
+    /// Like [`insert`](Self::insert) when a lookup just showed the node holding (and
+    /// touched) the first `held` blocks: only the rest are walked.
+    pub fn insert_from(&self, hashes: &[u64], held: usize, slot: u16) {
+        if held >= hashes.len() {
             return;
         }
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let mut tree = self.tree.write();
-        tree.insert(hashes, slot, epoch);
+        tree.insert(hashes, held, slot, epoch);
         tree.enforce_node_budget(slot);
         tree.enforce_capacity();
     }
 
     /// Drops everything credited to a node (removed, or it reported its cache cleared).
     pub fn forget_node(&self, slot: u16) {
-        let mut tree = self.tree.write();
-        let held: Vec<u32> = tree.slots_held_by(slot);
-        for entry in held {
-            tree.release_holding(entry, slot);
-        }
+        self.tree.write().forget_node(slot);
     }
 
     /// Bounds a node's credited blocks (None: only the global capacity applies).
@@ -196,26 +209,37 @@ impl PrefixIndex {
     }
 }
 
+/// Merge-intersects two sorted slot lists, reporting the slots of `alive` that drop out.
+fn intersect_sorted(alive: &[u16], holders: &[u16], mut dropped: impl FnMut(u16)) -> Holders {
+    let mut kept = Holders::new();
+    let mut j = 0;
+    for &node in alive {
+        while j < holders.len() && holders[j] < node {
+            j += 1;
+        }
+        if j < holders.len() && holders[j] == node {
+            kept.push(node);
+        } else {
+            dropped(node);
+        }
+    }
+    kept
+}
+
 impl Tree {
     fn lookup(&self, hashes: &[u64], epoch: u64) -> PrefixMatch {
         let mut result = PrefixMatch::default();
         // Nodes holding every block so far; a node's depth ends where it drops out.
         let mut alive: Holders = SmallVec::new();
         for (depth, hash) in hashes.iter().enumerate() {
-            let Some(&slot) = self.map.get(hash) else {
+            let Some(entry) = self.map.get(hash) else {
                 break;
             };
-            let entry = &self.entries[slot as usize];
             if depth == 0 {
                 alive = entry.holders.clone();
             } else {
-                let depth = depth as u32;
-                alive.retain(|node| {
-                    let keep = entry.holders.contains(node);
-                    if !keep {
-                        result.depth_by_slot.push((*node, depth));
-                    }
-                    keep
+                alive = intersect_sorted(&alive, &entry.holders, |dropped| {
+                    result.depth_by_slot.push((dropped, depth as u32));
                 });
             }
             if alive.is_empty() {
@@ -239,100 +263,90 @@ impl Tree {
         }
     }
 
-    fn insert(&mut self, hashes: &[u64], node: u16, epoch: u64) {
+    fn insert(&mut self, hashes: &[u64], start: usize, node: u16, epoch: u64) {
         self.ensure_node(node);
-        let mut parent = NO_PARENT;
-        for &hash in hashes {
-            let slot = match self.map.get(&hash) {
-                Some(&slot) => slot,
-                None => self.create(hash, parent),
-            };
-            let entry = &mut self.entries[slot as usize];
+        for (depth, &hash) in hashes.iter().enumerate().skip(start) {
+            let parent = if depth > 0 { hashes[depth - 1] } else { 0 };
+            if !self.map.contains_key(&hash) {
+                self.create(hash, parent, depth as u32);
+            }
+            let entry = self.map.get_mut(&hash).expect("entry exists");
             entry.last_used.store(epoch, Ordering::Relaxed);
-            if !entry.holders.contains(&node) {
-                let was_spilled = entry.holders.spilled();
-                entry.holders.push(node);
-                if entry.holders.spilled() && !was_spilled {
-                    self.spilled_holders += 1;
-                }
+            if let Err(pos) = entry.holders.binary_search(&node) {
+                entry.holders.insert(pos, node);
                 self.blocks_by_node[node as usize] += 1;
             }
-            parent = slot;
         }
     }
 
-    fn create(&mut self, hash: u64, parent: u32) -> u32 {
-        let entry = Entry {
+    fn create(&mut self, hash: u64, parent: u64, depth: u32) {
+        self.map.insert(
             hash,
-            parent,
-            children: 0,
-            last_used: AtomicU64::new(0),
-            holders: SmallVec::new(),
-        };
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.entries[slot as usize] = entry;
-                slot
+            Entry {
+                parent,
+                depth,
+                children: 0,
+                last_used: AtomicU64::new(0),
+                holders: SmallVec::new(),
+            },
+        );
+        if depth > 0 {
+            if let Some(p) = self.map.get_mut(&parent) {
+                p.children += 1;
             }
-            None => {
-                self.entries.push(entry);
-                (self.entries.len() - 1) as u32
-            }
-        };
-        if parent != NO_PARENT {
-            self.entries[parent as usize].children += 1;
         }
-        self.map.insert(hash, slot);
-        slot
     }
 
     /// Removes an entry that has no children, and any ancestors left empty by it.
-    fn remove_leaf(&mut self, mut slot: u32) {
-        loop {
-            let entry = &mut self.entries[slot as usize];
+    fn remove_leaf(&mut self, mut hash: u64) {
+        while let Some(entry) = self.map.remove(&hash) {
             debug_assert_eq!(entry.children, 0);
             for &node in &entry.holders {
                 self.blocks_by_node[node as usize] -= 1;
             }
-            if entry.holders.spilled() {
-                self.spilled_holders -= 1;
-            }
-            entry.holders = SmallVec::new();
-            let (hash, parent) = (entry.hash, entry.parent);
-            self.map.remove(&hash);
-            self.free.push(slot);
             self.evicted += 1;
-            if parent == NO_PARENT {
+            if entry.depth == 0 {
                 return;
             }
-            let parent_entry = &mut self.entries[parent as usize];
-            parent_entry.children -= 1;
-            if parent_entry.children > 0 || !parent_entry.holders.is_empty() {
+            let Some(parent) = self.map.get_mut(&entry.parent) else {
+                return;
+            };
+            parent.children -= 1;
+            if parent.children > 0 || !parent.holders.is_empty() {
                 return;
             }
-            slot = parent;
+            hash = entry.parent;
         }
     }
 
     /// Takes `node` off an entry; removes the entry if nothing else keeps it.
-    fn release_holding(&mut self, slot: u32, node: u16) {
-        let entry = &mut self.entries[slot as usize];
-        let Some(pos) = entry.holders.iter().position(|&n| n == node) else {
+    fn release_holding(&mut self, hash: u64, node: u16) {
+        let Some(entry) = self.map.get_mut(&hash) else {
             return;
         };
-        entry.holders.swap_remove(pos);
+        let Ok(pos) = entry.holders.binary_search(&node) else {
+            return;
+        };
+        entry.holders.remove(pos);
         self.blocks_by_node[node as usize] -= 1;
         if entry.holders.is_empty() && entry.children == 0 {
-            self.remove_leaf(slot);
+            self.remove_leaf(hash);
         }
     }
 
-    fn slots_held_by(&self, node: u16) -> Vec<u32> {
+    /// (hash, last used, children) of every entry `node` holds.
+    fn held_by(&self, node: u16) -> Vec<(u64, u64, u32)> {
         self.map
-            .values()
-            .copied()
-            .filter(|&s| self.entries[s as usize].holders.contains(&node))
+            .iter()
+            .filter(|(_, e)| e.holders.binary_search(&node).is_ok())
+            .map(|(&h, e)| (h, e.last_used.load(Ordering::Relaxed), e.children))
             .collect()
+    }
+
+    fn forget_node(&mut self, node: u16) {
+        for (hash, _, _) in self.held_by(node) {
+            self.release_holding(hash, node);
+        }
     }
 
     fn enforce_capacity(&mut self) {
@@ -341,22 +355,21 @@ impl Tree {
         }
         let target = ((self.capacity as f64 * EVICT_TO) as usize).min(self.capacity - 1);
         while self.map.len() > target {
-            let mut leaves: Vec<(u64, u32)> = self
+            let mut leaves: Vec<(u64, u64)> = self
                 .map
-                .values()
-                .map(|&s| (&self.entries[s as usize], s))
-                .filter(|(e, _)| e.children == 0)
-                .map(|(e, s)| (e.last_used.load(Ordering::Relaxed), s))
+                .iter()
+                .filter(|(_, e)| e.children == 0)
+                .map(|(&h, e)| (e.last_used.load(Ordering::Relaxed), h))
                 .collect();
             let excess = self.map.len() - target;
             if leaves.len() > excess {
                 leaves.select_nth_unstable(excess);
                 leaves.truncate(excess);
             }
-            for (_, slot) in leaves {
-                // A batch may already have removed this slot through an ancestor cascade.
-                if self.entries[slot as usize].children == 0 && self.map.contains_key(&self.entries[slot as usize].hash) {
-                    self.remove_leaf(slot);
+            for (_, hash) in leaves {
+                // An earlier removal in this batch may have cascaded to this entry.
+                if self.map.get(&hash).is_some_and(|e| e.children == 0) {
+                    self.remove_leaf(hash);
                 }
             }
         }
@@ -371,30 +384,25 @@ impl Tree {
             return;
         }
         let target = (budget as f64 * EVICT_TO) as u32;
-        let mut holdings: Vec<(u64, u32, u32)> = self
-            .slots_held_by(node)
-            .into_iter()
-            .map(|s| {
-                let e = &self.entries[s as usize];
-                // Among equally old entries, deeper ones (fewer children first) go first.
-                (e.last_used.load(Ordering::Relaxed), e.children, s)
-            })
-            .collect();
-        holdings.sort_unstable();
+        // Oldest first; among equally old entries, leaves (fewer children) first.
+        let mut holdings = self.held_by(node);
+        holdings.sort_unstable_by_key(|&(hash, last_used, children)| (last_used, children, hash));
         let excess = (held - target) as usize;
-        for &(_, _, slot) in holdings.iter().take(excess) {
-            if self.map.contains_key(&self.entries[slot as usize].hash) {
-                self.release_holding(slot, node);
-            }
+        for &(hash, _, _) in holdings.iter().take(excess) {
+            self.release_holding(hash, node);
         }
     }
 
     fn bytes(&self) -> usize {
-        let slab = self.entries.capacity() * size_of::<Entry>();
         // hashbrown: one (key, value) pair plus one control byte per bucket.
-        let map = self.map.capacity() * (size_of::<(u64, u32)>() + 1);
-        let spilled = self.spilled_holders * 8 * size_of::<u16>();
-        slab + map + spilled + self.free.capacity() * size_of::<u32>()
+        let map = self.map.capacity() * (size_of::<(u64, Entry)>() + 1);
+        let spilled: usize = self
+            .map
+            .values()
+            .filter(|e| e.holders.spilled())
+            .map(|e| e.holders.capacity() * size_of::<u16>())
+            .sum();
+        map + spilled + (self.blocks_by_node.capacity() + self.budget_by_node.capacity()) * 8
     }
 }
 
@@ -430,9 +438,21 @@ mod tests {
         index.lookup(&chain(&[1, 2]));
         index.insert(&chain(&[11]), 0);
         assert_eq!(index.stats().entries, 9, "evicted down to 95% of capacity");
-        assert_eq!(index.lookup(&chain(&[1, 2])).max_depth, 2, "recently used kept");
-        assert_eq!(index.lookup(&chain(&[3, 4])).max_depth, 1, "oldest leaf went first");
-        assert_eq!(index.lookup(&chain(&[5, 6])).max_depth, 1, "second oldest leaf");
+        assert_eq!(
+            index.lookup(&chain(&[1, 2])).max_depth,
+            2,
+            "recently used kept"
+        );
+        assert_eq!(
+            index.lookup(&chain(&[3, 4])).max_depth,
+            1,
+            "oldest leaf went first"
+        );
+        assert_eq!(
+            index.lookup(&chain(&[5, 6])).max_depth,
+            1,
+            "second oldest leaf"
+        );
         assert_eq!(index.lookup(&chain(&[7, 8])).max_depth, 2);
         assert_eq!(index.stats().evicted, 2);
     }
@@ -460,7 +480,11 @@ mod tests {
         }
         assert!(index.blocks_held_by(0) <= 11);
         assert_eq!(index.lookup(&chain(&[149])).depth_of(0), 1, "newest kept");
-        assert_eq!(index.lookup(&chain(&[100])).depth_of(0), 0, "oldest dropped");
+        assert_eq!(
+            index.lookup(&chain(&[100])).depth_of(0),
+            0,
+            "oldest dropped"
+        );
     }
 
     #[test]

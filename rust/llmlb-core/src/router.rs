@@ -11,7 +11,9 @@ use crate::config::{PolicyKind, RouterConfig};
 use crate::error::{check_non_negative, CoreError, CoreResult};
 use crate::hashing::{chain_hash_bytes, chain_hash_tokens};
 use crate::lifecycle::{Completion, InFlight, InFlightRegistry, Outcome};
-use crate::node_table::{BreakerState, GpuMetrics, NodeEntry, NodeSpec, NodeStatus, NodeTable, Upserted};
+use crate::node_table::{
+    BreakerState, GpuMetrics, NodeEntry, NodeSpec, NodeStatus, NodeTable, Upserted,
+};
 use crate::policy::{Choice, Policies};
 use crate::prefix_index::{IndexStats, PrefixIndex, PrefixMatch};
 use crate::scoring::{build_candidates, Candidate, RequestFacts, Skip};
@@ -122,7 +124,10 @@ impl Router {
         config.validate()?;
         self.index.set_capacity(config.prefix_cache_size);
         for node in &self.table.load().nodes {
-            node.live.window.lock().set_window(config.load_balance_window_s);
+            node.live
+                .window
+                .lock()
+                .set_window(config.load_balance_window_s);
             self.index
                 .set_node_budget(node.slot, node_budget(&node.spec, None, &config));
         }
@@ -185,7 +190,11 @@ impl Router {
     }
 
     /// Sets a node's breaker state; returns the previous one.
-    pub fn set_breaker_state(&self, node_id: &str, state: BreakerState) -> CoreResult<BreakerState> {
+    pub fn set_breaker_state(
+        &self,
+        node_id: &str,
+        state: BreakerState,
+    ) -> CoreResult<BreakerState> {
         let node = self.table.get(node_id)?;
         let previous = node.live.breaker();
         node.live.set_breaker(state);
@@ -220,10 +229,13 @@ impl Router {
         let probe = chosen.live.breaker() == BreakerState::HalfOpen;
 
         let request_id = request.request_id.clone().unwrap_or_else(|| {
-            format!("req-{:x}", self.next_request_id.fetch_add(1, Ordering::Relaxed))
+            format!(
+                "req-{:x}",
+                self.next_request_id.fetch_add(1, Ordering::Relaxed)
+            )
         });
-        let cached_tokens = (matched_blocks as f64 * prompt.facts.tokens_per_block)
-            .min(prompt.facts.prompt_tokens);
+        let cached_tokens =
+            (matched_blocks as f64 * prompt.facts.tokens_per_block).min(prompt.facts.prompt_tokens);
         let uncached_tokens = prompt.facts.prompt_tokens - cached_tokens;
         let record = InFlight {
             node: chosen.clone(),
@@ -242,9 +254,8 @@ impl Router {
             .live
             .acquire(uncached_tokens, chosen.spec.prefill_rate(), now);
         self.index.record_served(matched_blocks);
-        if (matched_blocks as usize) < prompt.hashes.len() {
-            self.index.insert(&prompt.hashes, chosen.slot);
-        }
+        self.index
+            .insert_from(&prompt.hashes, matched_blocks as usize, chosen.slot);
         Ok(RouteDecision {
             request_id,
             node_id: chosen.spec.id.clone(),
@@ -269,7 +280,10 @@ impl Router {
     ) -> CoreResult<Choice> {
         let mut all_saturated = false;
         if !candidates.iter().any(Candidate::eligible) {
-            if !candidates.iter().any(|c| c.skip == Some(Skip::MemorySaturated)) {
+            if !candidates
+                .iter()
+                .any(|c| c.skip == Some(Skip::MemorySaturated))
+            {
                 return Err(no_node_error(candidates));
             }
             // Better to queue on the engine than to fail: use the saturated nodes.
@@ -315,7 +329,15 @@ impl Router {
             return Ok(None);
         };
         let now = self.clock.now_ns();
-        Ok(Some(release(request_id.to_owned(), request, outcome, ttft_s, tokens_in, tokens_out, now)))
+        Ok(Some(release(
+            request_id.to_owned(),
+            request,
+            outcome,
+            ttft_s,
+            tokens_in,
+            tokens_out,
+            now,
+        )))
     }
 
     /// Releases every request older than `request_ttl_s` as expired.
@@ -460,7 +482,11 @@ fn hash_prompt(request: &RouteRequest<'_>, config: &RouterConfig) -> HashedPromp
 
 /// Blocks of the prefix index a node may be credited with: its KV capacity (reported by
 /// its agent, else declared) in blocks.
-fn node_budget(spec: &NodeSpec, reported_tokens: Option<f64>, config: &RouterConfig) -> Option<u32> {
+fn node_budget(
+    spec: &NodeSpec,
+    reported_tokens: Option<f64>,
+    config: &RouterConfig,
+) -> Option<u32> {
     let tokens = reported_tokens.or(spec.kv_capacity_tokens.map(|t| t as f64))?;
     Some((tokens / config.token_block_size as f64).clamp(1.0, u32::MAX as f64) as u32)
 }
@@ -479,7 +505,13 @@ fn candidate_score(c: &Candidate<'_>) -> CandidateScore {
 fn no_node_error(candidates: &[Candidate<'_>]) -> CoreError {
     let reasons: Vec<String> = candidates
         .iter()
-        .map(|c| format!("{}: {}", c.node.spec.id, c.skip.map_or("eligible", Skip::as_str)))
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c.node.spec.id,
+                c.skip.map_or("eligible", Skip::as_str)
+            )
+        })
         .collect();
     CoreError::NoAvailableNode(reasons.join(", "))
 }

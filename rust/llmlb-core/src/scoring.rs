@@ -80,6 +80,8 @@ pub fn build_candidates<'a>(
     let ttl_ns = crate::clock::secs_to_ns(config.metrics_ttl_s);
     let mean_tflops =
         nodes.iter().map(|n| n.spec.peak_tflops).sum::<f64>() / nodes.len().max(1) as f64;
+    let slots = nodes.iter().map(|n| n.slot as usize + 1).max().unwrap_or(0);
+    let depths = matched.dense_depths(slots);
     nodes
         .iter()
         .map(|node| {
@@ -96,14 +98,14 @@ pub fn build_candidates<'a>(
                 pcie_utilization: None,
                 backlog_tokens: live.backlog_tokens(node.spec.prefill_rate(), now_ns),
                 prefill_rate: node.spec.prefill_rate(),
-                matched_blocks: matched.depth_of(node.slot),
+                matched_blocks: depths[node.slot as usize],
                 skip: None,
                 score: None,
             };
             if let Some(timed) = live.fresh_metrics(now_ns, ttl_ns) {
                 let m = &timed.metrics;
-                let engine_load = m.num_requests_running.unwrap_or(0.0)
-                    + m.num_requests_waiting.unwrap_or(0.0);
+                let engine_load =
+                    m.num_requests_running.unwrap_or(0.0) + m.num_requests_waiting.unwrap_or(0.0);
                 candidate.load = candidate.load.max(engine_load);
                 candidate.memory_pressure = m.memory_pressure(node.spec.gpu_memory_bytes);
                 candidate.sm_utilization = m.sm_utilization;
@@ -145,7 +147,10 @@ fn skip_reason(c: &Candidate<'_>, config: &RouterConfig) -> Option<Skip> {
 /// Mean memory pressure of nodes that reported one: the stand-in for nodes that did not,
 /// so silence is neither rewarded nor punished.
 pub fn mean_memory_pressure(candidates: &[Candidate<'_>]) -> f64 {
-    let known: Vec<f64> = candidates.iter().filter_map(|c| c.memory_pressure).collect();
+    let known: Vec<f64> = candidates
+        .iter()
+        .filter_map(|c| c.memory_pressure)
+        .collect();
     if known.is_empty() {
         0.0
     } else {

@@ -38,9 +38,11 @@ impl CandidateScore {
 
     fn __repr__(&self) -> String {
         let c = &self.inner;
+        let score = c.score.map_or("None".to_owned(), |s| format!("{s:.6}"));
+        let skipped = c.skipped.map_or("None".to_owned(), |s| format!("{s:?}"));
         format!(
-            "CandidateScore(node_id={:?}, score={:?}, in_flight={}, matched_blocks={}, skipped={:?})",
-            &*c.node_id, c.score, c.in_flight, c.matched_blocks, c.skipped
+            "CandidateScore(node_id={:?}, score={score}, in_flight={}, matched_blocks={}, skipped={skipped})",
+            &*c.node_id, c.in_flight, c.matched_blocks
         )
     }
 }

@@ -1,0 +1,116 @@
+//! Core-only routing latency and thread scaling (no Python in the loop).
+//! `cargo bench -p llmlb-core --bench route`
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use llmlb_core::{NodeSpec, Outcome, RouteRequest, Router, RouterConfig};
+
+const BLOCK: usize = 64;
+
+/// Deterministic pseudo-random text (xorshift) so runs are repeatable.
+fn text(seed: &mut u64, blocks: usize) -> String {
+    (0..blocks * BLOCK)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            (b'a' + (*seed % 26) as u8) as char
+        })
+        .collect()
+}
+
+/// A router with `nodes` nodes and ~100k prefix entries, plus query prompts.
+fn setup(nodes: usize) -> (Router, Vec<String>) {
+    let config = RouterConfig {
+        prefix_cache_size: 200_000,
+        ..RouterConfig::default()
+    };
+    let router = Router::new(config).unwrap();
+    for i in 0..nodes {
+        router
+            .upsert_node(NodeSpec::new(&format!("node-{i}"), "http://127.0.0.1"))
+            .unwrap();
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15;
+    let system = text(&mut seed, 2);
+    let prefilled: Vec<String> = (0..10_000)
+        .map(|_| format!("{system}{}", text(&mut seed, 10)))
+        .collect();
+    for prompt in &prefilled {
+        let d = router.route(&RouteRequest::text(prompt)).unwrap();
+        router
+            .complete(&d.request_id, Outcome::Ok, None, 0, 0)
+            .unwrap();
+    }
+    let queries = (0..2_000)
+        .map(|i| {
+            format!(
+                "{}{}",
+                prefilled[(i * 7919) % prefilled.len()],
+                text(&mut seed, 2)
+            )
+        })
+        .collect();
+    (router, queries)
+}
+
+fn route_and_complete(router: &Router, prompt: &str) {
+    let d = router.route(&RouteRequest::text(prompt)).unwrap();
+    router
+        .complete(&d.request_id, Outcome::Ok, None, 0, 0)
+        .unwrap();
+    black_box(d);
+}
+
+fn bench_latency(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_and_complete");
+    for nodes in [8, 64, 512] {
+        let (router, queries) = setup(nodes);
+        let mut i = 0;
+        group.bench_with_input(BenchmarkId::from_parameter(nodes), &nodes, |b, _| {
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                route_and_complete(&router, &queries[i]);
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Round trips per second with `threads` threads for a fixed time, printed (criterion
+/// measures one thread; scaling needs the aggregate).
+fn bench_threads(_c: &mut Criterion) {
+    let (router, queries) = setup(64);
+    let router = Arc::new(router);
+    let queries = Arc::new(queries);
+    for threads in [1, 2, 4] {
+        let started = Instant::now();
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (router, queries) = (router.clone(), queries.clone());
+                thread::spawn(move || {
+                    let mut done = 0u64;
+                    let deadline = Instant::now() + Duration::from_millis(1500);
+                    while Instant::now() < deadline {
+                        route_and_complete(
+                            &router,
+                            &queries[(t * 997 + done as usize) % queries.len()],
+                        );
+                        done += 1;
+                    }
+                    done
+                })
+            })
+            .collect();
+        let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        let rate = total as f64 / started.elapsed().as_secs_f64();
+        println!("threads/{threads}: {rate:.0} route+complete per second (64 nodes, 100k entries)");
+    }
+}
+
+criterion_group!(benches, bench_latency, bench_threads);
+criterion_main!(benches);
