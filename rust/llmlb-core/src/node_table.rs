@@ -309,10 +309,21 @@ impl NodeLive {
         })));
     }
 
-    /// The last report if it is younger than `ttl_ns`.
-    pub fn fresh_metrics(&self, now_ns: u64, ttl_ns: u64) -> Option<Arc<TimedMetrics>> {
-        let timed = self.metrics.load_full()?;
-        (now_ns.saturating_sub(timed.received_ns) <= ttl_ns).then_some(timed)
+    /// Applies `read` to the last report if it is younger than `ttl_ns` (borrowed, so
+    /// routing does not touch the report's reference count).
+    pub fn read_fresh_metrics<R>(
+        &self,
+        now_ns: u64,
+        ttl_ns: u64,
+        read: impl FnOnce(&GpuMetrics) -> R,
+    ) -> Option<R> {
+        let guard = self.metrics.load();
+        let timed = guard.as_ref()?;
+        (now_ns.saturating_sub(timed.received_ns) <= ttl_ns).then(|| read(&timed.metrics))
+    }
+
+    pub fn has_fresh_metrics(&self, now_ns: u64, ttl_ns: u64) -> bool {
+        self.read_fresh_metrics(now_ns, ttl_ns, |_| ()).is_some()
     }
 
     pub fn last_metrics(&self) -> Option<Arc<TimedMetrics>> {
@@ -518,8 +529,8 @@ mod tests {
     fn stale_metrics_are_not_fresh() {
         let live = NodeLive::new(30.0);
         live.store_metrics(GpuMetrics::default(), 100);
-        assert!(live.fresh_metrics(150, 100).is_some());
-        assert!(live.fresh_metrics(300, 100).is_none());
+        assert!(live.has_fresh_metrics(150, 100));
+        assert!(!live.has_fresh_metrics(300, 100));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::error::{check_non_negative, CoreError, CoreResult};
 use crate::hashing::{chain_hash_bytes, chain_hash_tokens};
 use crate::lifecycle::{Completion, InFlight, InFlightRegistry, Outcome};
 use crate::node_table::{
-    BreakerState, GpuMetrics, NodeEntry, NodeSpec, NodeStatus, NodeTable, Upserted,
+    BreakerState, GpuMetrics, NodeEntry, NodeSpec, NodeStatus, NodeTable, Snapshot, Upserted,
 };
 use crate::policy::{Choice, Policies};
 use crate::prefix_index::{IndexStats, PrefixIndex, PrefixMatch};
@@ -64,7 +64,20 @@ pub struct CandidateScore {
     pub skipped: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// One candidate's figures as routing left them; node ids are resolved only when a
+/// caller asks (cloning every node's id on every route would bounce refcounts across
+/// cores).
+#[derive(Debug, Clone, Copy)]
+struct ScoredCandidate {
+    position: u32,
+    score: Option<f64>,
+    in_flight: u32,
+    load: f64,
+    matched_blocks: u32,
+    skipped: Option<&'static str>,
+}
+
+#[derive(Debug, Clone)]
 pub struct RouteDecision {
     pub request_id: String,
     pub node_id: Arc<str>,
@@ -74,7 +87,25 @@ pub struct RouteDecision {
     pub matched_blocks: u32,
     pub matched_tokens: u32,
     pub prompt_tokens: u32,
-    pub candidates: Vec<CandidateScore>,
+    scored: Vec<ScoredCandidate>,
+    snapshot: Arc<Snapshot>,
+}
+
+impl RouteDecision {
+    /// Every node's score (lower is better) or the reason it was skipped.
+    pub fn candidates(&self) -> Vec<CandidateScore> {
+        self.scored
+            .iter()
+            .map(|c| CandidateScore {
+                node_id: self.snapshot.nodes[c.position as usize].spec.id.clone(),
+                score: c.score,
+                in_flight: c.in_flight,
+                load: c.load,
+                matched_blocks: c.matched_blocks,
+                skipped: c.skipped,
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug)]
@@ -265,7 +296,12 @@ impl Router {
             matched_blocks,
             matched_tokens: cached_tokens as u32,
             prompt_tokens: prompt.facts.prompt_tokens as u32,
-            candidates: candidates.iter().map(candidate_score).collect(),
+            scored: candidates
+                .iter()
+                .enumerate()
+                .map(|(position, c)| scored_candidate(position, c))
+                .collect(),
+            snapshot: arc_swap::Guard::into_inner(snapshot),
         })
     }
 
@@ -397,7 +433,7 @@ impl Router {
                     metrics_age_s: last
                         .as_ref()
                         .map(|t| now.saturating_sub(t.received_ns) as f64 / 1e9),
-                    metrics_fresh: live.fresh_metrics(now, ttl).is_some(),
+                    metrics_fresh: live.has_fresh_metrics(now, ttl),
                     metrics: last.map(|t| t.metrics.clone()),
                     prefix_blocks: self.index.blocks_held_by(node.slot),
                 }
@@ -491,9 +527,9 @@ fn node_budget(
     Some((tokens / config.token_block_size as f64).clamp(1.0, u32::MAX as f64) as u32)
 }
 
-fn candidate_score(c: &Candidate<'_>) -> CandidateScore {
-    CandidateScore {
-        node_id: c.node.spec.id.clone(),
+fn scored_candidate(position: usize, c: &Candidate<'_>) -> ScoredCandidate {
+    ScoredCandidate {
+        position: position as u32,
         score: c.score,
         in_flight: c.in_flight,
         load: c.load,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::{RouterConfig, Weights};
-use crate::node_table::{BreakerState, NodeEntry};
+use crate::node_table::{BreakerState, GpuMetrics, NodeEntry};
 use crate::prefix_index::PrefixMatch;
 
 /// Decode work of one running request, in prefill-token equivalents: with continuous
@@ -102,25 +102,26 @@ pub fn build_candidates<'a>(
                 skip: None,
                 score: None,
             };
-            if let Some(timed) = live.fresh_metrics(now_ns, ttl_ns) {
-                let m = &timed.metrics;
-                let engine_load =
-                    m.num_requests_running.unwrap_or(0.0) + m.num_requests_waiting.unwrap_or(0.0);
-                candidate.load = candidate.load.max(engine_load);
-                candidate.memory_pressure = m.memory_pressure(node.spec.gpu_memory_bytes);
-                candidate.sm_utilization = m.sm_utilization;
-                candidate.bandwidth_utilization = m.mem_bandwidth_utilization;
-                candidate.pcie_utilization = match (m.pcie_tx_bytes_per_s, m.pcie_rx_bytes_per_s) {
-                    (None, None) => None,
-                    (tx, rx) => Some(
-                        (tx.unwrap_or(0.0).max(rx.unwrap_or(0.0)) / PCIE_FULL_BYTES_PER_S).min(1.0),
-                    ),
-                };
-            }
+            live.read_fresh_metrics(now_ns, ttl_ns, |m| apply_metrics(&mut candidate, m));
             candidate.skip = skip_reason(&candidate, config);
             candidate
         })
         .collect()
+}
+
+/// Folds a fresh GPU report into the candidate's figures.
+fn apply_metrics(candidate: &mut Candidate<'_>, m: &GpuMetrics) {
+    let engine_load = m.num_requests_running.unwrap_or(0.0) + m.num_requests_waiting.unwrap_or(0.0);
+    candidate.load = candidate.load.max(engine_load);
+    candidate.memory_pressure = m.memory_pressure(candidate.node.spec.gpu_memory_bytes);
+    candidate.sm_utilization = m.sm_utilization;
+    candidate.bandwidth_utilization = m.mem_bandwidth_utilization;
+    candidate.pcie_utilization = match (m.pcie_tx_bytes_per_s, m.pcie_rx_bytes_per_s) {
+        (None, None) => None,
+        (tx, rx) => {
+            Some((tx.unwrap_or(0.0).max(rx.unwrap_or(0.0)) / PCIE_FULL_BYTES_PER_S).min(1.0))
+        }
+    };
 }
 
 fn skip_reason(c: &Candidate<'_>, config: &RouterConfig) -> Option<Skip> {

@@ -90,9 +90,9 @@ impl RouteDecision {
     #[getter]
     fn candidates(&self) -> Vec<CandidateScore> {
         self.inner
-            .candidates
-            .iter()
-            .map(|c| CandidateScore { inner: c.clone() })
+            .candidates()
+            .into_iter()
+            .map(|inner| CandidateScore { inner })
             .collect()
     }
 
@@ -109,7 +109,7 @@ impl RouteDecision {
         dict.set_item("matched_tokens", d.matched_tokens)?;
         dict.set_item("prompt_tokens", d.prompt_tokens)?;
         let candidates: PyResult<Vec<Bound<'py, PyDict>>> = d
-            .candidates
+            .candidates()
             .iter()
             .map(|c| {
                 let item = PyDict::new(py);
