@@ -23,6 +23,7 @@ from llmlb_fast.errors import (
     LlmlbError,
     NoAvailableNodeError,
     TableFullError,
+    UnknownModelError,
     UnknownNodeError,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "Router",
     "RouterConfig",
     "TableFullError",
+    "UnknownModelError",
     "UnknownNodeError",
     "__version__",
 ]

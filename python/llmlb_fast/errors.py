@@ -20,6 +20,10 @@ class UnknownNodeError(LlmlbError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownModelError(LlmlbError, LookupError):
+    """No registered node serves the requested model."""
+
+
 class NoAvailableNodeError(LlmlbError):
     """No node can take the request (none registered, or every breaker is open)."""
 

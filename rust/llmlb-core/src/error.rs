@@ -10,6 +10,8 @@ pub enum CoreError {
     InvalidInput(String),
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    #[error("no node serves model {0:?}")]
+    UnknownModel(String),
     #[error("no node can take the request: {0}")]
     NoAvailableNode(String),
     #[error("request id {0:?} is already in flight")]

@@ -35,6 +35,8 @@ pub struct NodeSpec {
     /// KV-cache capacity; bounds how many prefix blocks the index credits to this node.
     pub kv_capacity_tokens: Option<u64>,
     pub labels: Vec<(String, String)>,
+    /// Models this node serves; empty means any model.
+    pub models: Vec<String>,
 }
 
 impl NodeSpec {
@@ -48,6 +50,7 @@ impl NodeSpec {
             prefill_tokens_per_s: None,
             kv_capacity_tokens: None,
             labels: Vec::new(),
+            models: Vec::new(),
         }
     }
 
@@ -69,6 +72,12 @@ impl NodeSpec {
                 )));
             }
         }
+        if self.models.iter().any(String::is_empty) {
+            return Err(CoreError::InvalidInput(format!(
+                "node {:?}: model names must not be empty",
+                self.id
+            )));
+        }
         if self.max_concurrency == Some(0) {
             return Err(CoreError::InvalidInput(format!(
                 "node {:?}: max_concurrency must be >= 1",
@@ -76,6 +85,10 @@ impl NodeSpec {
             )));
         }
         Ok(())
+    }
+
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|m| m == model)
     }
 
     pub fn prefill_rate(&self) -> f64 {

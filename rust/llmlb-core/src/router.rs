@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 
 use crate::clock::{secs_to_ns, Clock};
 use crate::config::{PolicyKind, RouterConfig};
@@ -16,7 +17,7 @@ use crate::node_table::{
 };
 use crate::policy::{Choice, Policies};
 use crate::prefix_index::{IndexStats, PrefixIndex, PrefixMatch};
-use crate::scoring::{build_candidates, Candidate, RequestFacts, Skip};
+use crate::scoring::{build_candidates, skip_other_models, Candidate, RequestFacts, Skip};
 use crate::window::WindowSummary;
 
 pub use crate::policy::Reason;
@@ -38,6 +39,8 @@ pub struct RouteRequest<'a> {
     /// Caller's id; one is generated when absent.
     pub request_id: Option<String>,
     pub expected_output_tokens: Option<u32>,
+    /// Only nodes serving this model are candidates (nodes that list no model serve any).
+    pub model: Option<&'a str>,
     /// Overrides the configured policy for this request (canary).
     pub policy: Option<PolicyKind>,
 }
@@ -48,6 +51,7 @@ impl<'a> RouteRequest<'a> {
             prompt: Prompt::Text(prompt),
             request_id: None,
             expected_output_tokens: None,
+            model: None,
             policy: None,
         }
     }
@@ -118,7 +122,12 @@ pub struct Router {
     clock: Clock,
     next_request_id: AtomicU64,
     next_sweep_ns: AtomicU64,
+    /// Requests expired by `route`'s periodic sweep, kept for the next `expire_stale`.
+    expired: Mutex<Vec<Completion>>,
 }
+
+/// Most expired completions kept for `expire_stale` when nobody collects them.
+const MAX_UNCOLLECTED_EXPIRED: usize = 100_000;
 
 /// A prompt cut into blocks, with what the policies need to know about it.
 struct HashedPrompt {
@@ -142,6 +151,7 @@ impl Router {
             clock,
             next_request_id: AtomicU64::new(1),
             next_sweep_ns: AtomicU64::new(0),
+            expired: Mutex::new(Vec::new()),
         })
     }
 
@@ -253,6 +263,11 @@ impl Router {
             self.index.lookup(&prompt.hashes)
         };
         let mut candidates = build_candidates(&snapshot.nodes, &matched, &config, now);
+        if let Some(model) = request.model {
+            if !skip_other_models(&mut candidates, model) {
+                return Err(CoreError::UnknownModel(model.to_owned()));
+            }
+        }
         let policy = request.policy.unwrap_or(config.policy);
         let choice = self.choose(policy, &mut candidates, &prompt.facts, &config)?;
         let chosen: &Arc<NodeEntry> = candidates[choice.index].node;
@@ -376,8 +391,15 @@ impl Router {
         )))
     }
 
-    /// Releases every request older than `request_ttl_s` as expired.
+    /// Releases every request older than `request_ttl_s` as expired, and returns those
+    /// together with the ones `route`'s periodic sweep expired since the last call.
     pub fn expire_stale(&self) -> Vec<Completion> {
+        let mut expired = std::mem::take(&mut *self.expired.lock());
+        expired.extend(self.release_expired());
+        expired
+    }
+
+    fn release_expired(&self) -> Vec<Completion> {
         let config = self.config.load();
         let now = self.clock.now_ns();
         let deadline = now.saturating_sub(secs_to_ns(config.request_ttl_s));
@@ -399,7 +421,13 @@ impl Router {
             .compare_exchange(due, next, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.expire_stale();
+            let released = self.release_expired();
+            if !released.is_empty() {
+                let mut kept = self.expired.lock();
+                kept.extend(released);
+                let excess = kept.len().saturating_sub(MAX_UNCOLLECTED_EXPIRED);
+                kept.drain(..excess);
+            }
         }
     }
 

@@ -18,6 +18,7 @@ pub const PCIE_FULL_BYTES_PER_S: f64 = 64e9;
 /// Why a node was not eligible for this request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
+    ModelNotServed,
     BreakerOpen,
     ProbeInUse,
     AtMaxConcurrency,
@@ -27,6 +28,7 @@ pub enum Skip {
 impl Skip {
     pub fn as_str(self) -> &'static str {
         match self {
+            Skip::ModelNotServed => "model_not_served",
             Skip::BreakerOpen => "breaker_open",
             Skip::ProbeInUse => "half_open_probe_in_use",
             Skip::AtMaxConcurrency => "at_max_concurrency",
@@ -143,6 +145,19 @@ fn skip_reason(c: &Candidate<'_>, config: &RouterConfig) -> Option<Skip> {
         return Some(Skip::MemorySaturated);
     }
     None
+}
+
+/// Skips nodes that do not serve `model`; false when no node at all serves it.
+pub fn skip_other_models(candidates: &mut [Candidate<'_>], model: &str) -> bool {
+    let mut served = false;
+    for c in candidates.iter_mut() {
+        if c.node.spec.serves(model) {
+            served = true;
+        } else {
+            c.skip = Some(Skip::ModelNotServed);
+        }
+    }
+    served
 }
 
 /// Mean memory pressure of nodes that reported one: the stand-in for nodes that did not,

@@ -13,6 +13,7 @@ fn class_name(err: &CoreError) -> &'static str {
         CoreError::UnknownNode(_) => "UnknownNodeError",
         CoreError::InvalidInput(_) => "InvalidInputError",
         CoreError::InvalidConfig(_) => "ConfigError",
+        CoreError::UnknownModel(_) => "UnknownModelError",
         CoreError::NoAvailableNode(_) => "NoAvailableNodeError",
         CoreError::DuplicateRequest(_) => "DuplicateRequestError",
         CoreError::TableFull(_) => "TableFullError",

@@ -27,6 +27,7 @@ impl Node {
         prefill_tokens_per_s = None,
         kv_capacity_tokens = None,
         labels = None,
+        models = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -38,6 +39,7 @@ impl Node {
         prefill_tokens_per_s: Option<f64>,
         kv_capacity_tokens: Option<u64>,
         labels: Option<BTreeMap<String, String>>,
+        models: Option<Vec<String>>,
     ) -> PyResult<Self> {
         let spec = core::NodeSpec {
             id: id.into(),
@@ -48,6 +50,7 @@ impl Node {
             prefill_tokens_per_s,
             kv_capacity_tokens,
             labels: labels.unwrap_or_default().into_iter().collect(),
+            models: models.unwrap_or_default(),
         };
         spec.validate().py_err()?;
         Ok(Node { spec })
@@ -84,6 +87,11 @@ impl Node {
     #[getter]
     fn labels(&self) -> BTreeMap<String, String> {
         self.spec.labels.iter().cloned().collect()
+    }
+    /// Models served; empty means any model.
+    #[getter]
+    fn models(&self) -> Vec<String> {
+        self.spec.models.clone()
     }
 
     fn __repr__(&self) -> String {

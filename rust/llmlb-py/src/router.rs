@@ -144,8 +144,10 @@ impl Router {
         token_ids = None,
         request_id = None,
         expected_output_tokens = None,
+        model = None,
         policy = None,
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn route(
         &self,
         py: Python<'_>,
@@ -153,6 +155,7 @@ impl Router {
         token_ids: Option<Vec<i64>>,
         request_id: Option<String>,
         expected_output_tokens: Option<u32>,
+        model: Option<&str>,
         policy: Option<&str>,
     ) -> PyResult<RouteDecision> {
         let policy = policy.map(str::parse).transpose().py_err()?;
@@ -170,6 +173,7 @@ impl Router {
             prompt,
             request_id,
             expected_output_tokens,
+            model,
             policy,
         };
         let decision = py.detach(|| self.inner.route(&request)).py_err()?;
