@@ -23,7 +23,6 @@ sys.path[:0] = [str(ROOT), str(ROOT.parent / "tests")]
 
 import model  # noqa: E402  (the tests' pure-Python oracle)
 from core_workload import build, random_text  # noqa: E402
-
 from llmlb_fast import Node, Router, RouterConfig  # noqa: E402
 
 RESULTS = ROOT / "results"
@@ -158,15 +157,12 @@ def main() -> int:
         print(f"{nodes:4} nodes: route() {results['route_latency'][nodes]}", flush=True)
         if nodes == 64:
             results["throughput_per_s"] = {
-                t: throughput(workload.router, workload.queries, t, args.seconds)
-                for t in (1, 2, 4)
+                t: throughput(workload.router, workload.queries, t, args.seconds) for t in (1, 2, 4)
             }
             print(f"throughput: {results['throughput_per_s']}", flush=True)
             model_p50 = model_latency_us(64, workload.queries, 500, 2_000)
             results["python_model_p50_us_64_nodes"] = model_p50
-            results["speedup_vs_python_model"] = (
-                model_p50 / results["route_latency"][64]["p50_us"]
-            )
+            results["speedup_vs_python_model"] = model_p50 / results["route_latency"][64]["p50_us"]
             print(f"pure-Python model p50 {model_p50:.1f} µs", flush=True)
     results["memory"] = memory_per_entry(500_000)
     print(f"memory: {results['memory']}")

@@ -10,7 +10,6 @@ import itertools
 
 import pytest
 from core_workload import build
-
 from llmlb_fast import Router
 
 

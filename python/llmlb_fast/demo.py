@@ -61,7 +61,7 @@ def chat_workload(requests: int, sessions: int, seed: int) -> list[str]:
     """Prompts of interleaved chat sessions; each turn resends the whole history."""
     rng = random.Random(seed)
     histories = [SYSTEM_PROMPTS[s % len(SYSTEM_PROMPTS)] for s in range(sessions)]
-    prompts = []
+    prompts: list[str] = []
     for _ in range(requests):
         s = rng.randrange(sessions)
         answer = f"(answer {len(prompts)}) " + "Here is what I found. " * rng.randint(2, 12)
