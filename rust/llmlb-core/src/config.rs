@@ -155,7 +155,12 @@ impl RouterConfig {
     pub fn validate(&self) -> CoreResult<()> {
         positive("token_block_size", self.token_block_size as f64)?;
         positive("char_block_size", self.char_block_size as f64)?;
-        positive("chars_per_token", self.chars_per_token)?;
+        if !(0.1..=100.0).contains(&self.chars_per_token) {
+            return Err(CoreError::InvalidConfig(format!(
+                "chars_per_token must be in [0.1, 100], got {}",
+                self.chars_per_token
+            )));
+        }
         positive("prefix_cache_size", self.prefix_cache_size as f64)?;
         positive("metrics_ttl_s", self.metrics_ttl_s)?;
         positive("request_ttl_s", self.request_ttl_s)?;

@@ -13,6 +13,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod counters;
 pub mod error;
 pub mod hashing;
 pub mod lifecycle;

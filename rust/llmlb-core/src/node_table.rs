@@ -217,7 +217,8 @@ impl BreakerState {
 #[derive(Debug, Default)]
 struct HotCounters {
     in_flight: AtomicU32,
-    /// Estimated prefill backlog: tokens (high 32 bits) as of a time in ms (low 32 bits).
+    /// Estimated prefill backlog: tokens (high 28 bits) as of a time in ms (low 36
+    /// bits, wrapping after 2.2 years).
     backlog: AtomicU64,
 }
 
@@ -229,6 +230,8 @@ pub struct NodeLive {
     breaker: AtomicU8,
     probe_taken: AtomicBool,
     consecutive_failures: AtomicU32,
+    /// KV capacity the agent last reported (0: none), which outranks the declared one.
+    reported_kv_tokens: AtomicU64,
     metrics: ArcSwapOption<TimedMetrics>,
     pub(crate) window: Mutex<OutcomeWindow>,
 }
@@ -241,6 +244,7 @@ impl NodeLive {
             breaker: AtomicU8::new(BreakerState::Closed as u8),
             probe_taken: AtomicBool::new(false),
             consecutive_failures: AtomicU32::new(0),
+            reported_kv_tokens: AtomicU64::new(0),
             metrics: ArcSwapOption::empty(),
             window: Mutex::new(OutcomeWindow::new(window_s)),
         }
@@ -253,14 +257,14 @@ impl NodeLive {
     pub(crate) fn acquire(&self, prefill_tokens: f64, rate: f64, now_ns: u64) {
         self.hot.in_flight.fetch_add(1, Ordering::AcqRel);
         self.routed_total.fetch_add(1, Ordering::Relaxed);
-        let now_ms = (now_ns / 1_000_000) as u32;
+        let now_ms = now_ns / 1_000_000;
         let _ = self
             .hot
             .backlog
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |packed| {
                 let current = drain_backlog(packed, rate, now_ms);
-                let tokens = (current + prefill_tokens).min(u32::MAX as f64) as u64;
-                Some((tokens << 32) | now_ms as u64)
+                let tokens = (current + prefill_tokens).min(MAX_BACKLOG_TOKENS as f64) as u64;
+                Some((tokens << TIME_BITS) | (now_ms & TIME_MASK))
             });
     }
 
@@ -277,7 +281,7 @@ impl NodeLive {
         drain_backlog(
             self.hot.backlog.load(Ordering::Acquire),
             rate,
-            (now_ns / 1_000_000) as u32,
+            now_ns / 1_000_000,
         )
     }
 
@@ -315,7 +319,19 @@ impl NodeLive {
         self.consecutive_failures.load(Ordering::Acquire)
     }
 
+    /// The KV capacity in tokens this node is known to have: reported, else declared.
+    pub fn kv_capacity_tokens(&self, spec: &NodeSpec) -> Option<f64> {
+        match self.reported_kv_tokens.load(Ordering::Acquire) {
+            0 => spec.kv_capacity_tokens.map(|t| t as f64),
+            reported => Some(reported as f64),
+        }
+    }
+
     pub(crate) fn store_metrics(&self, metrics: GpuMetrics, now_ns: u64) {
+        if let Some(tokens) = metrics.kv_capacity_tokens {
+            self.reported_kv_tokens
+                .store(tokens.max(1.0) as u64, Ordering::Release);
+        }
         self.metrics.store(Some(Arc::new(TimedMetrics {
             received_ns: now_ns,
             metrics,
@@ -344,11 +360,16 @@ impl NodeLive {
     }
 }
 
-fn drain_backlog(packed: u64, rate: f64, now_ms: u32) -> f64 {
-    let tokens = (packed >> 32) as f64;
-    let since_ms = now_ms.wrapping_sub(packed as u32);
-    // A wrapped (negative) interval means "no time passed".
-    let elapsed_s = if since_ms > u32::MAX / 2 {
+const TIME_BITS: u32 = 36;
+const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+const MAX_BACKLOG_TOKENS: u64 = (1 << (64 - TIME_BITS)) - 1;
+
+fn drain_backlog(packed: u64, rate: f64, now_ms: u64) -> f64 {
+    let tokens = (packed >> TIME_BITS) as f64;
+    let since_ms = (now_ms & TIME_MASK).wrapping_sub(packed & TIME_MASK) & TIME_MASK;
+    // A "negative" interval (a racing thread stored a slightly later time) means no
+    // time passed; real intervals are far below half the 2.2-year wrap.
+    let elapsed_s = if since_ms > TIME_MASK / 2 {
         0.0
     } else {
         since_ms as f64 / 1000.0
@@ -362,6 +383,13 @@ pub struct NodeEntry {
     pub spec: NodeSpec,
     pub live: Arc<NodeLive>,
     pub slot: u16,
+    /// Unique per node added (an id re-added after removal gets a new one).
+    pub incarnation: u64,
+}
+
+fn next_incarnation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 #[derive(Debug, Default)]
@@ -388,8 +416,8 @@ impl Snapshot {
 /// What `upsert` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upserted {
-    Added { slot: u16 },
-    Updated { slot: u16 },
+    Added { slot: u16, incarnation: u64 },
+    Updated { slot: u16, incarnation: u64 },
 }
 
 #[derive(Debug)]
@@ -427,23 +455,29 @@ impl NodeTable {
         let mut nodes = current.nodes.clone();
         let result = match current.by_id.get(&spec.id) {
             Some(&i) => {
-                let old = &nodes[i];
+                let old = nodes[i].clone();
                 let slot = old.slot;
                 nodes[i] = Arc::new(NodeEntry {
                     spec,
                     live: old.live.clone(),
                     slot,
+                    incarnation: old.incarnation,
                 });
-                Upserted::Updated { slot }
+                Upserted::Updated {
+                    slot,
+                    incarnation: old.incarnation,
+                }
             }
             None => {
                 let slot = free_slot(&nodes).ok_or(CoreError::TableFull(MAX_NODES))?;
+                let incarnation = next_incarnation();
                 nodes.push(Arc::new(NodeEntry {
                     spec,
                     live: Arc::new(NodeLive::new(window_s)),
                     slot,
+                    incarnation,
                 }));
-                Upserted::Added { slot }
+                Upserted::Added { slot, incarnation }
             }
         };
         self.snapshot.store(Arc::new(Snapshot::rebuild(nodes)));
@@ -501,7 +535,10 @@ mod tests {
         spec.peak_tflops = 10.0;
         assert_eq!(
             table.upsert(spec, 30.0).unwrap(),
-            Upserted::Updated { slot: 0 }
+            Upserted::Updated {
+                slot: 0,
+                incarnation: table.get("a").unwrap().incarnation
+            }
         );
         let node = table.get("a").unwrap();
         assert_eq!(node.live.in_flight(), 1);
@@ -517,7 +554,10 @@ mod tests {
         table.remove("b").unwrap();
         assert_eq!(
             table.upsert(NodeSpec::new("d", ""), 30.0).unwrap(),
-            Upserted::Added { slot: 1 }
+            Upserted::Added {
+                slot: 1,
+                incarnation: table.get("d").unwrap().incarnation
+            }
         );
         assert!(matches!(table.remove("zz"), Err(CoreError::UnknownNode(_))));
     }

@@ -3,8 +3,10 @@
 //! Each entry is one block of some prompt; its key is the chain hash, which already
 //! names the whole prefix, so the tree is stored flat: a map from hash to a slab slot,
 //! with parent links and child counts for the tree shape. An entry records which nodes
-//! hold that prefix (node slots) and when it was last used (an epoch stamp, written
-//! with a relaxed atomic so lookups can touch entries under the read lock).
+//! hold that prefix (node slots) and when it was last used (a router-clock stamp,
+//! written with a relaxed atomic so lookups can touch entries under the read lock, and
+//! at most once per [`TOUCH_RESOLUTION_NS`] so an entry every request shares does not
+//! bounce between cores).
 //!
 //! Bounds: at most `capacity` entries overall, evicting least recently used leaves in
 //! batches; and, for a node that declares its KV capacity, at most that many blocks
@@ -17,10 +19,19 @@ use std::mem::size_of;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
+
+use crate::counters::ShardedCounters;
 use smallvec::SmallVec;
 
 /// Evict down to this share of a bound, so eviction runs once per many inserts.
 const EVICT_TO: f64 = 0.95;
+/// Owner of a slot no node was bound to (what direct users of the index insert as).
+pub const UNBOUND: u64 = 0;
+/// Owner of a slot whose node was removed: nothing is credited to it until rebound.
+pub const RETIRED: u64 = u64::MAX;
+
+/// LRU stamps closer than this are not rewritten.
+pub const TOUCH_RESOLUTION_NS: u64 = 1_000_000;
 /// Let a node's holdings exceed its budget by this share before sweeping it.
 const NODE_SLACK: f64 = 1.05;
 
@@ -101,20 +112,24 @@ pub struct IndexStats {
 #[derive(Debug, Default)]
 struct Tree {
     map: EntryMap,
+    /// Who holds each slot now ([`UNBOUND`], a node's incarnation, or [`RETIRED`]):
+    /// an insert for a previous owner of a reused slot is dropped.
+    owner_by_node: Vec<u64>,
     blocks_by_node: Vec<u32>,
     budget_by_node: Vec<Option<u32>>,
     capacity: usize,
     evicted: u64,
 }
 
+const LOOKUPS: usize = 0;
+const LOOKUPS_WITH_HIT: usize = 1;
+const BLOCKS_LOOKED_UP: usize = 2;
+const BLOCKS_MATCHED: usize = 3;
+
 #[derive(Debug, Default)]
 pub struct PrefixIndex {
     tree: RwLock<Tree>,
-    epoch: AtomicU64,
-    lookups: AtomicU64,
-    lookups_with_hit: AtomicU64,
-    blocks_looked_up: AtomicU64,
-    blocks_matched: AtomicU64,
+    counters: ShardedCounters<4>,
 }
 
 impl PrefixIndex {
@@ -124,46 +139,63 @@ impl PrefixIndex {
         index
     }
 
-    /// Longest-prefix match of `hashes`; touches the matched entries.
-    pub fn lookup(&self, hashes: &[u64]) -> PrefixMatch {
-        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        let result = self.tree.read().lookup(hashes, epoch);
-        self.lookups.fetch_add(1, Ordering::Relaxed);
-        self.blocks_looked_up
-            .fetch_add(hashes.len() as u64, Ordering::Relaxed);
+    /// Longest-prefix match of `hashes`; touches the matched entries with `stamp`.
+    pub fn lookup(&self, hashes: &[u64], stamp: u64) -> PrefixMatch {
+        let result = self.tree.read().lookup(hashes, stamp);
+        self.counters.add(LOOKUPS, 1);
+        self.counters.add(BLOCKS_LOOKED_UP, hashes.len() as u64);
         if result.max_depth > 0 {
-            self.lookups_with_hit.fetch_add(1, Ordering::Relaxed);
+            self.counters.add(LOOKUPS_WITH_HIT, 1);
         }
         result
     }
 
     /// Counts the blocks the chosen node already had, for the hit rate.
     pub fn record_served(&self, matched_blocks: u32) {
-        self.blocks_matched
-            .fetch_add(matched_blocks as u64, Ordering::Relaxed);
+        self.counters.add(BLOCKS_MATCHED, matched_blocks as u64);
     }
 
-    /// Records that node `slot` now holds every block of `hashes`.
-    pub fn insert(&self, hashes: &[u64], slot: u16) {
-        self.insert_from(hashes, 0, slot);
+    /// Records that node `slot` now holds every block of `hashes`, used at `stamp`.
+    pub fn insert(&self, hashes: &[u64], slot: u16, stamp: u64) {
+        self.insert_from(hashes, 0, slot, UNBOUND, stamp);
     }
 
     /// Like [`insert`](Self::insert) when a lookup just showed the node holding (and
-    /// touched) the first `held` blocks: only the rest are walked.
-    pub fn insert_from(&self, hashes: &[u64], held: usize, slot: u16) {
+    /// touched) the first `held` blocks: only the rest are walked. Dropped unless
+    /// `owner` still holds the slot (the node may have been removed meanwhile).
+    pub fn insert_from(&self, hashes: &[u64], held: usize, slot: u16, owner: u64, stamp: u64) {
         if held >= hashes.len() {
             return;
         }
-        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let mut tree = self.tree.write();
-        tree.insert(hashes, held, slot, epoch);
+        tree.ensure_node(slot);
+        if tree.owner_by_node[slot as usize] != owner {
+            return;
+        }
+        tree.insert(hashes, held, slot, stamp);
         tree.enforce_node_budget(slot);
         tree.enforce_capacity();
     }
 
-    /// Drops everything credited to a node (removed, or it reported its cache cleared).
+    /// Drops everything credited to a node (it reported its cache cleared).
     pub fn forget_node(&self, slot: u16) {
         self.tree.write().forget_node(slot);
+    }
+
+    /// Gives a slot to a new node (`owner`: its incarnation) with its block budget.
+    pub fn bind_node(&self, slot: u16, owner: u64, budget: Option<u32>) {
+        let mut tree = self.tree.write();
+        tree.ensure_node(slot);
+        tree.owner_by_node[slot as usize] = owner;
+        tree.budget_by_node[slot as usize] = budget;
+        tree.enforce_node_budget(slot);
+    }
+
+    /// A removed node: drops its entries and refuses late inserts for it.
+    pub fn retire_node(&self, slot: u16) {
+        let mut tree = self.tree.write();
+        tree.forget_node(slot);
+        tree.owner_by_node[slot as usize] = RETIRED;
     }
 
     /// Bounds a node's credited blocks (None: only the global capacity applies).
@@ -200,12 +232,18 @@ impl PrefixIndex {
             } else {
                 0.0
             },
-            lookups: self.lookups.load(Ordering::Relaxed),
-            lookups_with_hit: self.lookups_with_hit.load(Ordering::Relaxed),
-            blocks_looked_up: self.blocks_looked_up.load(Ordering::Relaxed),
-            blocks_matched: self.blocks_matched.load(Ordering::Relaxed),
+            lookups: self.counters.sum(LOOKUPS),
+            lookups_with_hit: self.counters.sum(LOOKUPS_WITH_HIT),
+            blocks_looked_up: self.counters.sum(BLOCKS_LOOKED_UP),
+            blocks_matched: self.counters.sum(BLOCKS_MATCHED),
             evicted: tree.evicted,
         }
+    }
+}
+
+fn touch(last_used: &AtomicU64, stamp: u64) {
+    if stamp >= last_used.load(Ordering::Relaxed) + TOUCH_RESOLUTION_NS {
+        last_used.store(stamp, Ordering::Relaxed);
     }
 }
 
@@ -227,7 +265,7 @@ fn intersect_sorted(alive: &[u16], holders: &[u16], mut dropped: impl FnMut(u16)
 }
 
 impl Tree {
-    fn lookup(&self, hashes: &[u64], epoch: u64) -> PrefixMatch {
+    fn lookup(&self, hashes: &[u64], stamp: u64) -> PrefixMatch {
         let mut result = PrefixMatch::default();
         // Nodes holding every block so far; a node's depth ends where it drops out.
         let mut alive: Holders = SmallVec::new();
@@ -245,7 +283,7 @@ impl Tree {
             if alive.is_empty() {
                 break;
             }
-            entry.last_used.store(epoch, Ordering::Relaxed);
+            touch(&entry.last_used, stamp);
             result.max_depth = depth as u32 + 1;
         }
         let max_depth = result.max_depth;
@@ -258,12 +296,13 @@ impl Tree {
     fn ensure_node(&mut self, slot: u16) {
         let needed = slot as usize + 1;
         if self.blocks_by_node.len() < needed {
+            self.owner_by_node.resize(needed, UNBOUND);
             self.blocks_by_node.resize(needed, 0);
             self.budget_by_node.resize(needed, None);
         }
     }
 
-    fn insert(&mut self, hashes: &[u64], start: usize, node: u16, epoch: u64) {
+    fn insert(&mut self, hashes: &[u64], start: usize, node: u16, stamp: u64) {
         self.ensure_node(node);
         for (depth, &hash) in hashes.iter().enumerate().skip(start) {
             let parent = if depth > 0 { hashes[depth - 1] } else { 0 };
@@ -271,7 +310,7 @@ impl Tree {
                 self.create(hash, parent, depth as u32);
             }
             let entry = self.map.get_mut(&hash).expect("entry exists");
-            entry.last_used.store(epoch, Ordering::Relaxed);
+            touch(&entry.last_used, stamp);
             if let Err(pos) = entry.holders.binary_search(&node) {
                 entry.holders.insert(pos, node);
                 self.blocks_by_node[node as usize] += 1;
@@ -344,6 +383,7 @@ impl Tree {
     }
 
     fn forget_node(&mut self, node: u16) {
+        self.ensure_node(node);
         for (hash, _, _) in self.held_by(node) {
             self.release_holding(hash, node);
         }
@@ -410,60 +450,74 @@ impl Tree {
 mod tests {
     use super::*;
 
+    /// Stamps one second apart, as a router clock would give.
+    #[derive(Default)]
+    struct Stamps(std::cell::Cell<u64>);
+
+    impl Stamps {
+        fn next(&self) -> u64 {
+            self.0.set(self.0.get() + 1_000_000_000);
+            self.0.get()
+        }
+    }
+
     fn chain(ids: &[u64]) -> Vec<u64> {
         ids.iter().map(|i| i * 1_000_003 + 7).collect()
     }
 
     #[test]
     fn longest_prefix_per_node() {
+        let t = Stamps::default();
         let index = PrefixIndex::new(100);
-        index.insert(&chain(&[1, 2, 3]), 0);
-        index.insert(&chain(&[1, 2]), 1);
-        index.insert(&chain(&[1, 2, 3, 4]), 2);
-        let m = index.lookup(&chain(&[1, 2, 3, 9]));
+        index.insert(&chain(&[1, 2, 3]), 0, t.next());
+        index.insert(&chain(&[1, 2]), 1, t.next());
+        index.insert(&chain(&[1, 2, 3, 4]), 2, t.next());
+        let m = index.lookup(&chain(&[1, 2, 3, 9]), t.next());
         assert_eq!(m.max_depth, 3);
         assert_eq!(m.depth_of(0), 3);
         assert_eq!(m.depth_of(1), 2);
         assert_eq!(m.depth_of(2), 3);
         assert_eq!(m.depth_of(5), 0);
-        assert_eq!(index.lookup(&chain(&[8])).max_depth, 0);
+        assert_eq!(index.lookup(&chain(&[8]), t.next()).max_depth, 0);
     }
 
     #[test]
     fn capacity_evicts_least_recently_used_leaves() {
+        let t = Stamps::default();
         let index = PrefixIndex::new(10);
         for pair in [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]] {
-            index.insert(&chain(&pair), 0);
+            index.insert(&chain(&pair), 0, t.next());
         }
-        index.lookup(&chain(&[1, 2]));
-        index.insert(&chain(&[11]), 0);
+        index.lookup(&chain(&[1, 2]), t.next());
+        index.insert(&chain(&[11]), 0, t.next());
         assert_eq!(index.stats().entries, 9, "evicted down to 95% of capacity");
         assert_eq!(
-            index.lookup(&chain(&[1, 2])).max_depth,
+            index.lookup(&chain(&[1, 2]), t.next()).max_depth,
             2,
             "recently used kept"
         );
         assert_eq!(
-            index.lookup(&chain(&[3, 4])).max_depth,
+            index.lookup(&chain(&[3, 4]), t.next()).max_depth,
             1,
             "oldest leaf went first"
         );
         assert_eq!(
-            index.lookup(&chain(&[5, 6])).max_depth,
+            index.lookup(&chain(&[5, 6]), t.next()).max_depth,
             1,
             "second oldest leaf"
         );
-        assert_eq!(index.lookup(&chain(&[7, 8])).max_depth, 2);
+        assert_eq!(index.lookup(&chain(&[7, 8]), t.next()).max_depth, 2);
         assert_eq!(index.stats().evicted, 2);
     }
 
     #[test]
     fn forgetting_a_node_keeps_others() {
+        let t = Stamps::default();
         let index = PrefixIndex::new(100);
-        index.insert(&chain(&[1, 2, 3]), 0);
-        index.insert(&chain(&[1, 2]), 1);
+        index.insert(&chain(&[1, 2, 3]), 0, t.next());
+        index.insert(&chain(&[1, 2]), 1, t.next());
         index.forget_node(0);
-        let m = index.lookup(&chain(&[1, 2, 3]));
+        let m = index.lookup(&chain(&[1, 2, 3]), t.next());
         assert_eq!((m.depth_of(0), m.depth_of(1)), (0, 2));
         assert_eq!(index.stats().entries, 2);
         assert_eq!(index.blocks_held_by(0), 0);
@@ -473,15 +527,20 @@ mod tests {
 
     #[test]
     fn node_budget_bounds_credited_blocks() {
+        let t = Stamps::default();
         let index = PrefixIndex::new(1000);
         index.set_node_budget(0, Some(10));
         for i in 0..50 {
-            index.insert(&chain(&[100 + i]), 0);
+            index.insert(&chain(&[100 + i]), 0, t.next());
         }
         assert!(index.blocks_held_by(0) <= 11);
-        assert_eq!(index.lookup(&chain(&[149])).depth_of(0), 1, "newest kept");
         assert_eq!(
-            index.lookup(&chain(&[100])).depth_of(0),
+            index.lookup(&chain(&[149]), t.next()).depth_of(0),
+            1,
+            "newest kept"
+        );
+        assert_eq!(
+            index.lookup(&chain(&[100]), t.next()).depth_of(0),
             0,
             "oldest dropped"
         );
@@ -489,11 +548,12 @@ mod tests {
 
     #[test]
     fn many_holders_spill_and_are_counted() {
+        let t = Stamps::default();
         let index = PrefixIndex::new(100);
         for node in 0..10 {
-            index.insert(&chain(&[1]), node);
+            index.insert(&chain(&[1]), node, t.next());
         }
-        assert_eq!(index.lookup(&chain(&[1])).depth_by_slot.len(), 10);
+        assert_eq!(index.lookup(&chain(&[1]), t.next()).depth_by_slot.len(), 10);
         assert!(index.stats().bytes > 0);
     }
 }

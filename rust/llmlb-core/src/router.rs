@@ -170,7 +170,7 @@ impl Router {
                 .lock()
                 .set_window(config.load_balance_window_s);
             self.index
-                .set_node_budget(node.slot, node_budget(&node.spec, None, &config));
+                .set_node_budget(node.slot, node_budget(node, &config));
         }
         self.config.store(Arc::new(config));
         Ok(())
@@ -195,10 +195,16 @@ impl Router {
     /// Returns true when the node is new, false when an existing node was updated.
     pub fn upsert_node(&self, spec: NodeSpec) -> CoreResult<bool> {
         let config = self.config.load();
-        let budget = node_budget(&spec, None, &config);
+        let id = spec.id.clone();
         let upserted = self.table.upsert(spec, config.load_balance_window_s)?;
-        let (Upserted::Added { slot } | Upserted::Updated { slot }) = upserted;
-        self.index.set_node_budget(slot, budget);
+        let node = self.table.get(&id)?;
+        let budget = node_budget(&node, &config);
+        match upserted {
+            Upserted::Added { slot, incarnation } => {
+                self.index.bind_node(slot, incarnation, budget)
+            }
+            Upserted::Updated { slot, .. } => self.index.set_node_budget(slot, budget),
+        }
         Ok(matches!(upserted, Upserted::Added { .. }))
     }
 
@@ -207,19 +213,20 @@ impl Router {
     /// migrate them.
     pub fn remove_node(&self, node_id: &str) -> CoreResult<Vec<String>> {
         let removed = self.table.remove(node_id)?;
-        self.index.forget_node(removed.slot);
+        self.index.retire_node(removed.slot);
         Ok(self.in_flight.ids_on_node(node_id))
     }
 
     pub fn update_metrics(&self, node_id: &str, metrics: GpuMetrics) -> CoreResult<()> {
         metrics.validate()?;
         let node = self.table.get(node_id)?;
-        if let Some(reported) = metrics.kv_capacity_tokens {
-            let config = self.config.load();
-            let budget = node_budget(&node.spec, Some(reported), &config);
-            self.index.set_node_budget(node.slot, budget);
-        }
+        let reports_capacity = metrics.kv_capacity_tokens.is_some();
         node.live.store_metrics(metrics, self.clock.now_ns());
+        if reports_capacity {
+            let config = self.config.load();
+            self.index
+                .set_node_budget(node.slot, node_budget(&node, &config));
+        }
         Ok(())
     }
 
@@ -260,7 +267,7 @@ impl Router {
         let matched = if prompt.hashes.is_empty() {
             PrefixMatch::default()
         } else {
-            self.index.lookup(&prompt.hashes)
+            self.index.lookup(&prompt.hashes, now)
         };
         let mut candidates = build_candidates(&snapshot.nodes, &matched, &config, now);
         if let Some(model) = request.model {
@@ -290,18 +297,25 @@ impl Router {
             prompt_tokens: prompt.facts.prompt_tokens as u32,
             probe,
         };
+        // Counted before it is findable, so a completion racing in cannot be lost.
+        chosen
+            .live
+            .acquire(uncached_tokens, chosen.spec.prefill_rate(), now);
         if let Err(duplicate) = self.in_flight.insert(request_id.clone(), record) {
+            chosen.live.release();
             if probe {
                 chosen.live.set_breaker(BreakerState::HalfOpen);
             }
             return Err(duplicate);
         }
-        chosen
-            .live
-            .acquire(uncached_tokens, chosen.spec.prefill_rate(), now);
         self.index.record_served(matched_blocks);
-        self.index
-            .insert_from(&prompt.hashes, matched_blocks as usize, chosen.slot);
+        self.index.insert_from(
+            &prompt.hashes,
+            matched_blocks as usize,
+            chosen.slot,
+            chosen.incarnation,
+            now,
+        );
         Ok(RouteDecision {
             request_id,
             node_id: chosen.spec.id.clone(),
@@ -545,13 +559,10 @@ fn hash_prompt(request: &RouteRequest<'_>, config: &RouterConfig) -> HashedPromp
 }
 
 /// Blocks of the prefix index a node may be credited with: its KV capacity (reported by
-/// its agent, else declared) in blocks.
-fn node_budget(
-    spec: &NodeSpec,
-    reported_tokens: Option<f64>,
-    config: &RouterConfig,
-) -> Option<u32> {
-    let tokens = reported_tokens.or(spec.kv_capacity_tokens.map(|t| t as f64))?;
+/// its agent, else declared) in blocks of `token_block_size` tokens (text blocks of the
+/// default sizes hold as many).
+fn node_budget(node: &NodeEntry, config: &RouterConfig) -> Option<u32> {
+    let tokens = node.live.kv_capacity_tokens(&node.spec)?;
     Some((tokens / config.token_block_size as f64).clamp(1.0, u32::MAX as f64) as u32)
 }
 

@@ -199,8 +199,16 @@ pub fn estimated_ttft_s(c: &Candidate<'_>, request: &RequestFacts, weights: &Wei
     (queue + own) / c.prefill_rate
 }
 
+/// Orders scores ascending with NaN (of either sign) after every number.
+pub fn score_order(a: f64, b: f64) -> std::cmp::Ordering {
+    a.is_nan()
+        .cmp(&b.is_nan())
+        .then(a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal))
+}
+
 /// Index of the lowest score among eligible candidates; ties go to the longer prefix
-/// match, then to the earlier node.
+/// match, then to the earlier node. A NaN score (only reachable from absurd inputs,
+/// e.g. a zero weight times an overflowed load) ranks after every number.
 pub fn argmin_score(candidates: &[Candidate<'_>]) -> Option<usize> {
     let mut best: Option<(usize, f64, u32)> = None;
     for (i, c) in candidates.iter().enumerate() {
@@ -209,7 +217,9 @@ pub fn argmin_score(candidates: &[Candidate<'_>]) -> Option<usize> {
         };
         let better = match best {
             None => true,
-            Some((_, s, m)) => score < s || (score == s && c.matched_blocks > m),
+            Some((_, s, m)) => {
+                score_order(score, s).is_lt() || (score == s && c.matched_blocks > m)
+            }
         };
         if better {
             best = Some((i, score, c.matched_blocks));

@@ -8,7 +8,7 @@ use pyo3::types::{PyDict, PyString};
 
 use crate::config::RouterConfig;
 use crate::decision::{Completion, RouteDecision};
-use crate::errors::{invalid_input, IntoPyResult};
+use crate::errors::{invalid_input, to_py, IntoPyResult};
 use crate::node::{Node, NodeStatus};
 
 #[pyclass(frozen, module = "llmlb_fast._core")]
@@ -158,7 +158,14 @@ impl Router {
         model: Option<&str>,
         policy: Option<&str>,
     ) -> PyResult<RouteDecision> {
-        let policy = policy.map(str::parse).transpose().py_err()?;
+        // A bad name here is the caller's input, not the router's config.
+        let policy = policy
+            .map(str::parse::<core::PolicyKind>)
+            .transpose()
+            .map_err(|e| match e {
+                core::CoreError::InvalidConfig(message) => invalid_input(message),
+                other => to_py(other),
+            })?;
         let tokens = token_ids.map(token_ids_u32).transpose()?;
         let text = prompt.map(|p| p.to_str()).transpose()?;
         let prompt = match (text, &tokens) {

@@ -9,7 +9,7 @@
 
 use super::{least_request, Choice, Reason};
 use crate::config::RouterConfig;
-use crate::scoring::{argmin_score, Candidate};
+use crate::scoring::{argmin_score, score_order, Candidate};
 
 pub fn choose(candidates: &mut [Candidate<'_>], config: &RouterConfig) -> Option<Choice> {
     least_request::score(candidates);
@@ -30,7 +30,9 @@ pub fn choose(candidates: &mut [Candidate<'_>], config: &RouterConfig) -> Option
         .iter()
         .enumerate()
         .filter(|(_, c)| c.eligible() && c.matched_blocks == longest)
-        .min_by(|(_, a), (_, b)| a.score.partial_cmp(&b.score).expect("scores are finite"))
+        .min_by(|(_, a), (_, b)| {
+            score_order(a.score.unwrap_or(f64::NAN), b.score.unwrap_or(f64::NAN))
+        })
         .map(|(i, _)| i)?;
     let (holder_load, idlest_load) = (candidates[holder].load, candidates[overall].load);
     let imbalanced = holder_load - idlest_load > config.balance_abs_threshold

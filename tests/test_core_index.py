@@ -1,0 +1,103 @@
+"""Prompt hashing and the prefix index: chain hashes, longest match, capacity bounds."""
+
+from __future__ import annotations
+
+import struct
+
+import llmlb_fast
+import model
+from conftest import RouterFactory
+from llmlb_fast import Node
+
+
+def index_stats(router: llmlb_fast.Router) -> dict[str, float]:
+    stats = router.stats()["prefix_index"]
+    assert isinstance(stats, dict)
+    return stats
+
+
+def test_hash_seed_is_documented_value() -> None:
+    assert llmlb_fast.HASH_SEED == model.HASH_SEED == int.from_bytes(b"llmlb", "big")
+
+
+def test_model_hashes_chain_whole_prefixes() -> None:
+    a = model.chain_hash_bytes(b"aaaabbbbcccc", 4)
+    b = model.chain_hash_bytes(b"aaaabbbbdddd", 4)
+    assert len(a) == 3 and a[:2] == b[:2] and a[2] != b[2]
+    assert model.chain_hash_bytes(b"xxxxbbbb", 4)[1] != model.chain_hash_bytes(b"yyyybbbb", 4)[1]
+    assert len(model.chain_hash_bytes(b"abcdefg", 4)) == 1, "a trailing partial block is not hashed"
+
+
+def test_token_ids_hash_as_little_endian_u32(make_router: RouterFactory) -> None:
+    """A token prompt and the text of its little-endian bytes share one chain of hashes."""
+    router = make_router(["a", "b"], token_block_size=2, char_block_size=8, policy="prefix_aware")
+    tokens = [1, 258, 3, 4]
+    as_text = struct.pack("<4I", *tokens).decode("ascii")
+    first = router.route(as_text)
+    assert first.prompt_tokens == 4  # 16 bytes at 4 bytes per token
+    second = router.route(token_ids=tokens)
+    assert (second.node_id, second.matched_blocks, second.reason) == (
+        first.node_id,
+        2,
+        "prefix_hit",
+    )
+    assert model.chain_hash_tokens(tokens, 2) == model.chain_hash_bytes(as_text.encode(), 8)
+
+
+def test_text_blocks_are_utf8_bytes(make_router: RouterFactory) -> None:
+    router = make_router(["a"], char_block_size=4)
+    decision = router.route("ééé")  # 6 bytes: one full block
+    router.route("éé!!")  # the same first 4 bytes
+    assert decision.prompt_tokens == 1
+    assert router.route("éé").matched_blocks == 1
+
+
+def test_longest_prefix_per_node(make_router: RouterFactory) -> None:
+    router = make_router(["a", "b", "c"], char_block_size=4, policy="round_robin")
+    router.route("1111222233")  # a holds 2 blocks
+    router.route("1111")  # b holds 1
+    router.route("11112222333344")  # c holds 3
+    decision = router.route("111122223333xxxx", policy="least_request")
+    matched = {c.node_id: c.matched_blocks for c in decision.candidates}
+    assert matched == {"a": 2, "b": 1, "c": 3}
+    assert router.route("2222").matched_blocks == 0, "matches start at the first block"
+
+
+def test_prefix_cache_size_evicts_least_recently_used(make_router: RouterFactory) -> None:
+    router = make_router(["a"], char_block_size=4, prefix_cache_size=10)
+    prompts = [f"{i}{i}{i}{i}{i}{i}{i}{i}" for i in range(1, 6)]  # two blocks each
+    for prompt in prompts:
+        router.route(prompt)
+    assert index_stats(router)["entries"] == 10
+    assert router.route(prompts[0]).matched_blocks == 2  # touches the first prompt
+    router.route("zzzz")  # one entry too many: evicts down to 95% of capacity
+    stats = index_stats(router)
+    assert (stats["entries"], stats["evicted"]) == (9, 2)
+    assert router.route(prompts[0]).matched_blocks == 2, "recently used survives"
+    assert router.route(prompts[1]).matched_blocks == 1, "oldest leaf went first"
+    for i in range(200):
+        router.route(f"{i:08d}")
+    assert index_stats(router)["entries"] <= 10
+
+
+def test_node_kv_capacity_bounds_its_credited_blocks(make_router: RouterFactory) -> None:
+    node = Node("a", kv_capacity_tokens=10 * 16)  # 10 blocks of 16 tokens
+    router = make_router([node], token_block_size=16)
+    for i in range(50):
+        router.route(token_ids=[i] * 16)
+    assert router.nodes()[0].prefix_blocks <= 10
+    assert router.route(token_ids=[49] * 16).matched_blocks == 1, "newest kept"
+    assert router.route(token_ids=[0] * 16).matched_blocks == 0, "oldest dropped"
+    router.update_metrics("a", kv_capacity_tokens=2 * 16)  # the engine reports less
+    assert router.nodes()[0].prefix_blocks <= 2
+
+
+def test_index_reports_memory_and_hit_rate(make_router: RouterFactory) -> None:
+    router = make_router(["a"], char_block_size=4)
+    router.route("aaaabbbb")
+    router.route("aaaacccc")
+    stats = index_stats(router)
+    assert stats["entries"] == 3
+    assert stats["bytes"] > 0 and stats["bytes_per_entry"] == stats["bytes"] / 3
+    assert (stats["lookups"], stats["blocks_looked_up"], stats["blocks_matched"]) == (2, 4, 1)
+    assert stats["block_hit_rate"] == 0.25
