@@ -24,6 +24,7 @@ lint:  ## formatters, linters, type checks, stub check
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	$(PY) -m mypy.stubtest llmlb_fast._core
+	$(PY) -m grpc_server.codegen --check
 
 fmt:  ## apply formatters
 	cargo fmt --all

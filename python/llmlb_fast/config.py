@@ -1,0 +1,238 @@
+"""The service's YAML config: schema, defaults, and conversion to the core's types.
+
+The schema checks shape (unknown keys and wrong types are errors naming the key's
+path); the core's ``RouterConfig`` checks the routing values. Durations are seconds,
+given as a number or a string with a unit (``"100ms"``, ``"5s"``, ``"2m"``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from llmlb_fast._core import POLICIES, Node, RouterConfig
+from llmlb_fast.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def _parse_duration(value: object) -> object:
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '100ms', '5s')")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+ModelName = Annotated[str, Field(min_length=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeConfig(_Strict):
+    id: str = Field(min_length=1)
+    address: str = ""
+    peak_tflops: float = Field(default=989.0, gt=0)
+    gpu_memory_bytes: int | None = Field(default=None, gt=0)
+    max_concurrency: int | None = Field(default=None, gt=0)
+    prefill_tokens_per_s: float | None = Field(default=None, gt=0)
+    kv_capacity_tokens: int | None = Field(default=None, gt=0)
+    labels: dict[str, str] = Field(default_factory=dict)
+    # Models the node serves; empty: any model.
+    models: list[ModelName] = Field(default_factory=list)
+
+    def to_node(self) -> Node:
+        return Node(
+            self.id,
+            self.address,
+            peak_tflops=self.peak_tflops,
+            gpu_memory_bytes=self.gpu_memory_bytes,
+            max_concurrency=self.max_concurrency,
+            prefill_tokens_per_s=self.prefill_tokens_per_s,
+            kv_capacity_tokens=self.kv_capacity_tokens,
+            labels=self.labels,
+            models=self.models,
+        )
+
+
+class WeightsConfig(_Strict):
+    load: float = Field(default=1.0, ge=0)
+    prefix: float = Field(default=1.0, ge=0)
+    gpu: float = Field(default=0.5, ge=0)
+
+
+class SchedulingConfig(_Strict):
+    prefix_cache_size: int = Field(default=100_000, gt=0)
+    token_block_size: int = Field(default=16, gt=0)
+    char_block_size: int = Field(default=64, gt=0)
+    chars_per_token: float = Field(default=4.0, gt=0)
+    balance_abs_threshold: float = Field(default=8.0, ge=0)
+    balance_rel_threshold: float = Field(default=1.5, ge=1)
+    memory_saturation_threshold: float = Field(default=0.95, gt=0, le=1)
+    seed: int = Field(default=0, ge=0)
+
+
+class TimeoutsConfig(_Strict):
+    # A routed request never completed is released after this long.
+    request: Seconds = 600.0
+    # Metrics older than this are ignored by the policies.
+    metrics_ttl: Seconds = 5.0
+    # Graceful shutdown: how long to wait for in-flight RPCs.
+    drain: Seconds = 10.0
+
+
+class OverloadConfig(_Strict):
+    """A node over any set threshold for ``window`` seconds trips its breaker."""
+
+    window: Seconds = 10.0
+    kv_cache_usage: float | None = Field(default=0.99, gt=0, le=1)
+    gpu_memory_usage: float | None = Field(default=0.99, gt=0, le=1)
+    num_requests_waiting: float | None = Field(default=None, gt=0)
+
+
+class BreakerConfig(_Strict):
+    enabled: bool = True
+    failure_threshold: int = Field(default=5, gt=0)
+    cooldown: Seconds = 30.0
+    overload: OverloadConfig = Field(default_factory=OverloadConfig)
+
+
+class CanaryConfig(_Strict):
+    policy: str
+    percent: float = Field(ge=0, le=100)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, policy: str) -> str:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+        return policy
+
+
+class TlsConfig(_Strict):
+    cert_file: Path
+    key_file: Path
+
+
+class ServerConfig(_Strict):
+    """Read at start only: changing these needs a restart."""
+
+    listen: str = "127.0.0.1:50051"
+    tls: TlsConfig | None = None
+    # Bearer token for RegisterNode, DeregisterNode and ReportMetrics (hot reloadable).
+    auth_token: str | None = Field(default=None, min_length=1)
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    metrics_listen: str = "127.0.0.1"
+    # 0 picks a free port; None disables the /metrics endpoint.
+    metrics_port: int | None = Field(default=9100, ge=0, le=65535)
+    # How often the config file is checked for changes.
+    reload_poll_interval: Seconds = 1.0
+
+
+class AlertsConfig(_Strict):
+    webhook_url: str | None = None
+    timeout: Seconds = 2.0
+
+
+class ServiceConfig(_Strict):
+    policy: str = "llmlb"
+    weights: WeightsConfig = Field(default_factory=WeightsConfig)
+    scheduling: SchedulingConfig = Field(default_factory=SchedulingConfig)
+    gpu_monitor_interval: Seconds = 0.1
+    load_balance_window: Seconds = 30.0
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    canary: CanaryConfig | None = None
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    nodes: list[NodeConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_node_ids(self) -> ServiceConfig:
+        seen: set[str] = set()
+        for index, node in enumerate(self.nodes):
+            if node.id in seen:
+                raise ValueError(f"nodes.{index}.id: duplicate node id {node.id!r}")
+            seen.add(node.id)
+        return self
+
+    def router_config(self) -> RouterConfig:
+        """The core's config; raises ConfigError when the core refuses a value."""
+        s = self.scheduling
+        return RouterConfig(
+            policy=self.policy,
+            token_block_size=s.token_block_size,
+            char_block_size=s.char_block_size,
+            chars_per_token=s.chars_per_token,
+            prefix_cache_size=s.prefix_cache_size,
+            metrics_ttl_s=self.timeouts.metrics_ttl,
+            request_ttl_s=self.timeouts.request,
+            load_balance_window_s=self.load_balance_window,
+            balance_abs_threshold=s.balance_abs_threshold,
+            balance_rel_threshold=s.balance_rel_threshold,
+            memory_saturation_threshold=s.memory_saturation_threshold,
+            weights=self.weights.model_dump(),
+            seed=s.seed,
+        )
+
+    def router_nodes(self) -> list[Node]:
+        return [node.to_node() for node in self.nodes]
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{path}: {item['msg']}")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def parse_config(data: Any, source: str = "<dict>") -> ServiceConfig:
+    """Validates a parsed document; every problem is reported with its key path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: the top level must be a mapping")
+    try:
+        config = ServiceConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+    try:
+        config.router_config()
+    except ValueError as error:
+        raise ConfigError(f"invalid config {source}: {error}") from None
+    return config
+
+
+def parse_config_text(text: str, source: str = "<text>") -> ServiceConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"invalid config {source}: not valid YAML: {error}") from None
+    return parse_config(data, source)
+
+
+def load_config(path: str | Path) -> ServiceConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
+    return parse_config_text(text, str(path))

@@ -1,0 +1,102 @@
+"""The YAML config schema: defaults, durations, errors naming the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from llmlb_fast.config import load_config, parse_config, parse_config_text
+from llmlb_fast.errors import ConfigError
+
+FULL = """
+policy: prefix_aware
+weights: {load: 1.0, prefix: 0.8, gpu: 0.3}
+scheduling: {prefix_cache_size: 10000}
+gpu_monitor_interval: 100ms
+load_balance_window: 30s
+timeouts: {request: 2m, metrics_ttl: 5, drain: 1.5}
+breaker:
+  failure_threshold: 4
+  cooldown: 10s
+  overload: {window: 5s, kv_cache_usage: 0.97, gpu_memory_usage: null, num_requests_waiting: 64}
+canary: {policy: round_robin, percent: 5}
+server:
+  listen: 0.0.0.0:50051
+  auth_token: abc
+  max_message_bytes: 1048576
+  metrics_port: 9100
+alerts: {webhook_url: "http://127.0.0.1:9/hook"}
+nodes:
+  - {id: gpu-0, address: "10.0.0.1:8000", peak_tflops: 989, kv_capacity_tokens: 400000}
+  - {id: gpu-1, address: "10.0.0.2:8000", labels: {zone: b}}
+"""
+
+
+def test_full_config_converts_to_core_types() -> None:
+    config = parse_config_text(FULL)
+    assert config.gpu_monitor_interval == pytest.approx(0.1)
+    assert config.timeouts.request == 120.0
+    router = config.router_config()
+    assert router.policy == "prefix_aware"
+    assert router.prefix_cache_size == 10_000
+    assert router.load_balance_window_s == 30.0
+    assert router.request_ttl_s == 120.0
+    assert router.weights["prefix"] == pytest.approx(0.8)
+    nodes = config.router_nodes()
+    assert [n.id for n in nodes] == ["gpu-0", "gpu-1"]
+    assert nodes[0].kv_capacity_tokens == 400_000
+    assert nodes[1].labels == {"zone": "b"}
+    assert config.breaker.overload.gpu_memory_usage is None
+
+
+def test_defaults() -> None:
+    config = parse_config({})
+    assert config.policy == "llmlb"
+    assert config.gpu_monitor_interval == 0.1
+    assert config.load_balance_window == 30.0
+    assert config.canary is None
+    assert config.server.listen == "127.0.0.1:50051"
+    assert config.breaker.failure_threshold == 5
+    assert parse_config_text("").nodes == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("scheduling: {prefix_cache_sise: 10}", "scheduling.prefix_cache_sise: Extra inputs"),
+        ("nodes: [{id: a, adress: x}]", "nodes.0.adress"),
+        ("breaker: {cooldown: soon}", "breaker.cooldown"),
+        ("breaker: {failure_threshold: -1}", "breaker.failure_threshold"),
+        ("canary: {policy: fastest, percent: 5}", "canary.policy"),
+        ("canary: {policy: random, percent: 150}", "canary.percent"),
+        ("server: {max_message_bytes: big}", "server.max_message_bytes"),
+        ("policy: fastest", "unknown policy"),
+        ("nodes: [{id: a}, {id: a}]", "duplicate node id"),
+        ("- just a list", "top level must be a mapping"),
+        ("policy: [unclosed", "not valid YAML"),
+        ("scheduling: {balance_rel_threshold: 0.5}", "scheduling.balance_rel_threshold"),
+    ],
+)
+def test_errors_name_the_key(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match="invalid config") as info:
+        parse_config_text(text)
+    assert expected in str(info.value)
+
+
+def test_load_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(FULL)
+    assert load_config(path).policy == "prefix_aware"
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_node_models_default_to_any_and_must_be_names() -> None:
+    config = parse_config(
+        {"nodes": [{"id": "a", "models": ["llama-3-70b", "qwen-2-7b"]}, {"id": "b"}]}
+    )
+    assert [node.models for node in config.router_nodes()] == [["llama-3-70b", "qwen-2-7b"], []]
+    with pytest.raises(ConfigError, match=r"nodes\.0\.models\.1: String should have at least 1"):
+        parse_config({"nodes": [{"id": "a", "models": ["m", ""]}]})
+    with pytest.raises(ConfigError, match=r"nodes\.0\.models: Input should be a valid list"):
+        parse_config({"nodes": [{"id": "a", "models": "m"}]})
