@@ -75,11 +75,15 @@ def test_outcome_window_counts_and_mean_ttft(make_router: RouterFactory) -> None
 
 def test_consecutive_failures_reset_on_success(make_router: RouterFactory) -> None:
     router = make_router(["a"])
+    seen = []
     for i, outcome in enumerate(["error", "timeout", "error", "ok", "error"]):
         router.route(None, request_id=f"r{i}")
-        router.complete(f"r{i}", outcome)
+        completion = router.complete(f"r{i}", outcome)
+        assert completion is not None
+        seen.append(completion.consecutive_failures)
         if i == 2:
             assert router.nodes()[0].consecutive_failures == 3
+    assert seen == [1, 2, 3, 0, 1], "each completion carries the count right after it"
     assert router.nodes()[0].consecutive_failures == 1
     assert router.stats()["nodes"]["a"]["consecutive_failures"] == 1  # type: ignore[index]
 

@@ -112,7 +112,7 @@ class BreakerBoard:
             return
         if not failed or state != CLOSED or not self.config.enabled:
             return
-        failures = self._consecutive_failures(node_id)
+        failures = completion.consecutive_failures
         if failures >= self.config.failure_threshold:
             self._transition(
                 node_id, OPEN, f"{failures} consecutive failures (last: {completion.outcome})"
@@ -135,12 +135,6 @@ class BreakerBoard:
             self._transition(
                 node_id, OPEN, f"overloaded for {sustained:.1f}s: {'; '.join(reasons)}"
             )
-
-    def _consecutive_failures(self, node_id: str) -> int:
-        for status in self._router.nodes():
-            if status.id == node_id:
-                return status.consecutive_failures
-        return 0
 
     def _transition(self, node_id: str, to_state: str, reason: str) -> None:
         breaker = self._nodes.setdefault(node_id, _NodeBreaker())

@@ -66,6 +66,8 @@ pub struct Completion {
     pub outcome: Outcome,
     pub duration_s: f64,
     pub was_probe: bool,
+    /// The node's consecutive failures right after this outcome (0 after a success).
+    pub consecutive_failures: u32,
 }
 
 #[derive(Debug)]

@@ -307,11 +307,13 @@ impl NodeLive {
         !self.probe_taken.swap(true, Ordering::AcqRel)
     }
 
-    pub(crate) fn record_outcome(&self, failed: bool) {
+    /// Returns the node's consecutive failures after this outcome.
+    pub(crate) fn record_outcome(&self, failed: bool) -> u32 {
         if failed {
-            self.consecutive_failures.fetch_add(1, Ordering::AcqRel);
+            self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
         } else {
             self.consecutive_failures.store(0, Ordering::Release);
+            0
         }
     }
 

@@ -506,7 +506,7 @@ fn release(
 ) -> Completion {
     let live = &request.node.live;
     live.release();
-    live.record_outcome(outcome.is_failure());
+    let consecutive_failures = live.record_outcome(outcome.is_failure());
     live.window
         .lock()
         .record(now, outcome, ttft_s, tokens_in, tokens_out);
@@ -517,6 +517,7 @@ fn release(
         outcome,
         duration_s: now.saturating_sub(request.started_ns) as f64 / 1e9,
         was_probe: request.probe,
+        consecutive_failures,
     }
 }
 

@@ -170,6 +170,11 @@ impl Completion {
     fn was_probe(&self) -> bool {
         self.inner.was_probe
     }
+    /// The node's consecutive failures right after this outcome (0 after a success).
+    #[getter]
+    fn consecutive_failures(&self) -> u32 {
+        self.inner.consecutive_failures
+    }
 
     fn __repr__(&self) -> String {
         let c = &self.inner;
