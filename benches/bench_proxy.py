@@ -5,7 +5,7 @@ completion. wrk drives each router with the same request stream (a shared system
 and a per-request suffix): ``-c1`` for added latency over calling a backend directly,
 ``-c8`` and ``-c64`` for requests/s. Results go to benches/results/bench_proxy.json.
 
-    python benches/bench_proxy.py [--duration 5] [--routers llmlb,sglang,vllm]
+    python benches/bench_proxy.py [--duration 5] [--rounds 3] [--routers llmlb,sglang,vllm]
         [--sglang-bin PATH] [--vllm-bin PATH]
 
 sglang-router / vllm-router are looked up on PATH (or given as paths); a router that is
@@ -23,6 +23,7 @@ import platform
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,11 +54,11 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 request = function()
   counter = counter + 1
-  local body = '{"model":"%s","max_tokens":16,"prompt":"' .. system ..
+  local body = '{"model":"MODEL","max_tokens":16,"prompt":"' .. system ..
     'User question number ' .. counter .. '"}'
   return wrk.format(nil, "/v1/completions", nil, body)
 end
-""" % MODEL
+""".replace("MODEL", MODEL)
 
 
 # --- processes started by this script -------------------------------------------------
@@ -151,9 +152,19 @@ def started(cmd: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]
 def run_wrk(url: str, connections: int, duration_s: int, script: Path) -> dict[str, float]:
     threads = 1 if connections == 1 else 2
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency",
-         "-s", str(script), url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration_s}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return parse_wrk(out)
 
@@ -177,9 +188,47 @@ def parse_wrk(out: str) -> dict[str, float]:
     return result
 
 
-def measure(url: str, duration_s: int, script: Path) -> dict[str, dict[str, float]]:
+def measure(
+    url: str, duration_s: int, script: Path, pid: int | None
+) -> dict[str, dict[str, float]]:
     run_wrk(url, 8, 1, script)  # warm up pools and caches
-    return {f"c{c}": run_wrk(url, c, duration_s, script) for c in (1, 8, 64)}
+    results = {}
+    for connections in (1, 8, 64):
+        cpu_before = tree_cpu_seconds(pid) if pid else 0.0
+        result = run_wrk(url, connections, duration_s, script)
+        if pid:
+            # CPU the router's processes spent per request: unlike req/s, this barely
+            # moves when other work shares the machine.
+            requests = result["requests_per_s"] * duration_s
+            spent = tree_cpu_seconds(pid) - cpu_before
+            result["router_cpu_us_per_request"] = round(1e6 * spent / max(requests, 1), 1)
+        results[f"c{connections}"] = result
+    return results
+
+
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of ``root`` and its descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / TICKS
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(cpu.get(p, 0.0) for p in tree)
 
 
 def router_commands(
@@ -192,19 +241,34 @@ def router_commands(
     path = shutil.which(binary) or (binary if os.path.exists(binary) else None)
     if path is None:
         return f"{binary} not found (pip install {binary})"
-    common = ["--host", "127.0.0.1", "--port", str(port), "--worker-urls", *backends,
-              "--policy", "cache_aware", "--prometheus-port", str(free_port()),
-              "--log-level", "error"]
+    common = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--worker-urls",
+        *backends,
+        "--policy",
+        "cache_aware",
+        "--prometheus-port",
+        str(free_port()),
+        "--log-level",
+        "error",
+    ]
     return [path, *common] if name == "vllm" else [path, "launch", *common]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median kept)")
     parser.add_argument("--routers", default="llmlb,sglang,vllm")
     parser.add_argument("--sglang-bin", default="sglang-router")
     parser.add_argument("--vllm-bin", default="vllm-router")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_proxy.json")
+    parser.add_argument(
+        "--profile", action="store_true", help="also sample the llmlb proxy with py-spy"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is required: apt-get install -y wrk", file=sys.stderr)
@@ -217,38 +281,55 @@ def main() -> int:
     backends = [f"http://127.0.0.1:{p}" for p in ports]
     report: dict[str, object] = {
         "command": " ".join(["python", "benches/bench_proxy.py", *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_before": os.getloadavg(),
+        },
         "backends": f"{N_BACKENDS} aiohttp processes, fixed non-streaming completion",
         "load": "wrk, -c1 (1 thread), -c8 and -c64 (2 threads), "
-                f"{args.duration} s each after a 1 s warm-up",
-        "results": {},
+        f"{args.duration} s each after a 1 s warm-up; {args.rounds} interleaved rounds, "
+        "median per metric",
     }
-    results: dict[str, object] = report["results"]  # type: ignore[assignment]
+    errors: dict[str, str] = {}
+    pids: dict[str, int] = {}
+    rounds: dict[str, list[dict[str, dict[str, float]]]] = {}
     with contextlib.ExitStack() as stack:
         for i, port in enumerate(ports):
-            proc = stack.enter_context(started(
-                [sys.executable, __file__, "_backend", str(port)], logs / f"backend{i}.log"))
+            cmd = [sys.executable, __file__, "_backend", str(port)]
+            proc = stack.enter_context(started(cmd, logs / f"backend{i}.log"))
             wait_ready(backends[i], 20, proc)
-        print("direct backend ...", flush=True)
-        results["direct"] = measure(backends[0], args.duration, script)
+        targets = {"direct": backends[0]}
         for name in args.routers.split(","):
             port = free_port()
-            cmd = router_commands(name, port, backends, args)
-            if isinstance(cmd, str):
-                results[name] = {"error": cmd}
-                print(f"{name}: {cmd}", flush=True)
+            cmd_or_reason = router_commands(name, port, backends, args)
+            if isinstance(cmd_or_reason, str):
+                errors[name] = cmd_or_reason
                 continue
-            print(f"{name} ...", flush=True)
-            with started(cmd, logs / f"{name}.log") as proc:
-                try:
-                    wait_ready(f"http://127.0.0.1:{port}", 60, proc)
-                except RuntimeError as exc:
-                    tail = (logs / f"{name}.log").read_text(errors="replace")[-600:]
-                    results[name] = {"error": f"did not start: {exc}; log tail: {tail}"}
-                    continue
-                results[name] = measure(f"http://127.0.0.1:{port}", args.duration, script)
+            proc = stack.enter_context(started(cmd_or_reason, logs / f"{name}.log"))
+            try:
+                wait_ready(f"http://127.0.0.1:{port}", 60, proc)
+            except RuntimeError as exc:
+                tail = (logs / f"{name}.log").read_text(errors="replace")[-600:]
+                errors[name] = f"did not start: {exc}; log tail: {tail}"
+                continue
+            targets[name] = f"http://127.0.0.1:{port}"
+            pids[name] = proc.pid
+        for round_no in range(args.rounds):
+            for name, url in targets.items():
+                print(f"round {round_no + 1}: {name}", flush=True)
+                result = measure(url, args.duration, script, pids.get(name))
+                rounds.setdefault(name, []).append(result)
+        if args.profile and "llmlb" in targets:
+            print("profiling llmlb at 8 connections ...", flush=True)
+            report["profile"] = profile(pids["llmlb"], targets["llmlb"], args, script)
+    report["machine"]["load_average_after"] = os.getloadavg()  # type: ignore[index]
+    results: dict[str, object] = {name: median_of(runs) for name, runs in rounds.items()}
     add_overheads(results)
+    results.update({name: {"error": reason} for name, reason in errors.items()})
+    report["results"] = results
+    report["rounds"] = rounds
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(results, indent=2))
@@ -256,10 +337,102 @@ def main() -> int:
     return 0
 
 
+# Where a sampled frame's self time goes, by the file it is in (first match wins).
+PROFILE_BUCKETS = [
+    ("socket send (kernel, loopback)", ("http_writer.py",)),
+    ("llmlb proxy code", ("llmlb_fast/proxy",)),
+    (
+        "aiohttp server",
+        (
+            "web_protocol.py",
+            "web_response.py",
+            "web_request.py",
+            "web_app.py",
+            "web_urldispatcher.py",
+            "web_runner.py",
+            "http_parser.py",
+        ),
+    ),
+    (
+        "aiohttp client",
+        (
+            "client.py",
+            "client_reqrep.py",
+            "client_proto.py",
+            "connector.py",
+            "streams.py",
+            "payload.py",
+            "helpers.py",
+            "multidict",
+            "yarl",
+        ),
+    ),
+    # py-spy drops idle samples, so this is busy native time under the loop: uvloop's C
+    # transports, recv()/epoll syscalls and callback dispatch.
+    ("event loop (native: recv, epoll, uvloop)", ("asyncio/", "uvloop", "runners.py")),
+]
+
+
+def profile(pid: int, url: str, args: argparse.Namespace, script: Path) -> dict[str, object]:
+    """py-spy samples of the proxy process under the -c8 load: self time by bucket."""
+    if shutil.which("py-spy") is None:
+        return {"error": "py-spy not installed (pip install py-spy)"}
+    raw = Path(tempfile.mkdtemp()) / "profile.txt"
+    seconds = max(args.duration, 5)
+    spy = subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(seconds),
+            "-r",
+            "250",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "-o",
+            str(raw),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run_wrk(url, 8, seconds, script)
+    if spy.wait(timeout=seconds + 30) != 0 or not raw.exists():
+        return {"error": "py-spy failed (needs ptrace permission)"}
+    buckets: dict[str, int] = {}
+    frames: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        leaf = stack.rsplit(";", 1)[-1]
+        n = int(count)
+        total += n
+        frames[leaf] = frames.get(leaf, 0) + n
+        bucket = next((b for b, keys in PROFILE_BUCKETS if any(k in leaf for k in keys)), "other")
+        buckets[bucket] = buckets.get(bucket, 0) + n
+    share = {b: round(100 * n / total, 1) for b, n in sorted(buckets.items(), key=lambda x: -x[1])}
+    top = sorted(frames.items(), key=lambda x: -x[1])[:15]
+    return {
+        "samples": total,
+        "self_time_percent": share,
+        "top_frames_percent": {f: round(100 * n / total, 1) for f, n in top},
+    }
+
+
+def median_of(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    merged: dict[str, dict[str, float]] = {}
+    for level in runs[0]:
+        keys = [k for k, v in runs[0][level].items() if isinstance(v, float)]
+        merged[level] = {k: statistics.median(r[level][k] for r in runs) for k in keys}
+    return merged
+
+
 def add_overheads(results: dict[str, object]) -> None:
     direct = results["direct"]["c1"]  # type: ignore[index]
     for name, result in results.items():
-        if name == "direct" or "c1" not in result:  # type: ignore[operator]
+        if name == "direct":
             continue
         c1 = result["c1"]  # type: ignore[index]
         result["added_latency_ms"] = {  # type: ignore[index]

@@ -225,6 +225,7 @@ class Router:
         request_id: str | None = None,
         expected_output_tokens: int | None = None,
         model: str | None = None,
+        exclude: Sequence[str] | None = None,
         policy: str | None = None,
     ) -> RouteDecision: ...
     def complete(

@@ -17,7 +17,9 @@ use crate::node_table::{
 };
 use crate::policy::{Choice, Policies};
 use crate::prefix_index::{IndexStats, PrefixIndex, PrefixMatch};
-use crate::scoring::{build_candidates, skip_other_models, Candidate, RequestFacts, Skip};
+use crate::scoring::{
+    build_candidates, skip_excluded, skip_other_models, Candidate, RequestFacts, Skip,
+};
 use crate::window::WindowSummary;
 
 pub use crate::policy::Reason;
@@ -41,6 +43,8 @@ pub struct RouteRequest<'a> {
     pub expected_output_tokens: Option<u32>,
     /// Only nodes serving this model are candidates (nodes that list no model serve any).
     pub model: Option<&'a str>,
+    /// Nodes not to use for this request (e.g. those a retry already failed on).
+    pub exclude: &'a [&'a str],
     /// Overrides the configured policy for this request (canary).
     pub policy: Option<PolicyKind>,
 }
@@ -52,6 +56,7 @@ impl<'a> RouteRequest<'a> {
             request_id: None,
             expected_output_tokens: None,
             model: None,
+            exclude: &[],
             policy: None,
         }
     }
@@ -275,6 +280,7 @@ impl Router {
                 return Err(CoreError::UnknownModel(model.to_owned()));
             }
         }
+        skip_excluded(&mut candidates, request.exclude);
         let policy = request.policy.unwrap_or(config.policy);
         let choice = self.choose(policy, &mut candidates, &prompt.facts, &config)?;
         let chosen: &Arc<NodeEntry> = candidates[choice.index].node;

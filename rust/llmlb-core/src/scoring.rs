@@ -18,6 +18,7 @@ pub const PCIE_FULL_BYTES_PER_S: f64 = 64e9;
 /// Why a node was not eligible for this request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
+    Excluded,
     ModelNotServed,
     BreakerOpen,
     ProbeInUse,
@@ -28,6 +29,7 @@ pub enum Skip {
 impl Skip {
     pub fn as_str(self) -> &'static str {
         match self {
+            Skip::Excluded => "excluded",
             Skip::ModelNotServed => "model_not_served",
             Skip::BreakerOpen => "breaker_open",
             Skip::ProbeInUse => "half_open_probe_in_use",
@@ -158,6 +160,15 @@ pub fn skip_other_models(candidates: &mut [Candidate<'_>], model: &str) -> bool 
         }
     }
     served
+}
+
+/// Skips the nodes the caller excluded (a retry avoiding nodes that already failed it).
+pub fn skip_excluded(candidates: &mut [Candidate<'_>], excluded: &[&str]) {
+    for c in candidates.iter_mut() {
+        if excluded.contains(&&*c.node.spec.id) {
+            c.skip = Some(Skip::Excluded);
+        }
+    }
 }
 
 /// Mean memory pressure of nodes that reported one: the stand-in for nodes that did not,

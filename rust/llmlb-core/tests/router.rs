@@ -33,6 +33,7 @@ fn route_with_id(router: &Router, prompt: Prompt<'_>, id: &str) -> RouteDecision
             request_id: Some(id.to_owned()),
             expected_output_tokens: None,
             model: None,
+            exclude: &[],
             policy: None,
         })
         .unwrap()
@@ -401,4 +402,27 @@ fn a_new_node_never_inherits_prefixes_of_a_removed_one() {
         inherited, 0,
         "blocks credited to nodes that never served them"
     );
+}
+
+#[test]
+fn excluded_nodes_are_skipped() {
+    let router = router(&["a", "b"], with_policy(PolicyKind::LeastRequest));
+    let request = RouteRequest {
+        exclude: &["a"],
+        ..RouteRequest::text("hello")
+    };
+    for _ in 0..3 {
+        let d = router.route(&request).unwrap();
+        assert_eq!(&*d.node_id, "b");
+        let skipped: Vec<_> = d.candidates().iter().map(|c| c.skipped).collect();
+        assert_eq!(skipped, vec![Some("excluded"), None]);
+    }
+    let everyone = RouteRequest {
+        exclude: &["a", "b"],
+        ..RouteRequest::text("hello")
+    };
+    assert!(matches!(
+        router.route(&everyone),
+        Err(CoreError::NoAvailableNode(_))
+    ));
 }

@@ -145,6 +145,7 @@ impl Router {
         request_id = None,
         expected_output_tokens = None,
         model = None,
+        exclude = None,
         policy = None,
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -156,6 +157,7 @@ impl Router {
         request_id: Option<String>,
         expected_output_tokens: Option<u32>,
         model: Option<&str>,
+        exclude: Option<Vec<String>>,
         policy: Option<&str>,
     ) -> PyResult<RouteDecision> {
         // A bad name here is the caller's input, not the router's config.
@@ -176,11 +178,14 @@ impl Router {
             (None, Some(tokens)) => core::Prompt::Tokens(tokens),
             (None, None) => core::Prompt::Empty,
         };
+        let exclude = exclude.unwrap_or_default();
+        let exclude: Vec<&str> = exclude.iter().map(String::as_str).collect();
         let request = core::RouteRequest {
             prompt,
             request_id,
             expected_output_tokens,
             model,
+            exclude: &exclude,
             policy,
         };
         let decision = py.detach(|| self.inner.route(&request)).py_err()?;

@@ -1,0 +1,142 @@
+"""The OpenAI-compatible HTTP proxy: aiohttp server, handlers and the service-facing API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from aiohttp import web
+
+from llmlb_fast import Router
+from llmlb_fast.proxy.errors import ProxyError, body_too_large, unknown_model
+from llmlb_fast.proxy.forward import (
+    Forwarder,
+    Hooks,
+    OnComplete,
+    OnTimeout,
+    PickPolicy,
+    proxy_error_response,
+)
+from llmlb_fast.proxy.migration import MovableRequests
+from llmlb_fast.proxy.models import ModelCatalog
+from llmlb_fast.proxy.routing_key import CHAT_PATH, COMPLETIONS_PATH, parse_body, routing_key
+from llmlb_fast.proxy.settings import ProxySettings
+from llmlb_fast.proxy.upstream import Upstream
+
+log = logging.getLogger("llmlb.proxy")
+
+
+class ProxyServer:
+    """Serves ``/v1/completions``, ``/v1/chat/completions`` and ``/v1/models`` in front of
+    the router's nodes (each node's ``address`` is the backend base URL).
+
+    ``on_complete`` gets every Completion (breaker and metrics), ``on_timeout`` the node
+    id of each request that hit the timeout, ``pick_policy`` the ``x-session-id`` header
+    and returns a policy for the request (canary) or None.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        settings: ProxySettings | None = None,
+        *,
+        on_complete: OnComplete | None = None,
+        on_timeout: OnTimeout | None = None,
+        pick_policy: PickPolicy | None = None,
+    ) -> None:
+        self.router = router
+        self.settings = settings or ProxySettings()
+        self._upstream = Upstream(self.settings)
+        self._movable = MovableRequests()
+        self._catalog = ModelCatalog(router, self._upstream, self.settings)
+        self._forwarder = Forwarder(
+            router,
+            self._upstream,
+            self.settings,
+            Hooks(on_complete, on_timeout, pick_policy),
+            self._movable,
+        )
+        self._runner: web.AppRunner | None = None
+        self.app = self._build_app()
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app.router.add_post(CHAT_PATH, self._completion)
+        app.router.add_post(COMPLETIONS_PATH, self._completion)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listens on host:port (0 = an ephemeral port) and returns the bound port."""
+        # handler_cancellation: a client that disconnects cancels its handler at once,
+        # which releases its router slot even while the backend has not answered yet.
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, backlog=2048, reuse_address=True)
+        await site.start()
+        bound: int = self._runner.addresses[0][1]
+        log.info("proxy listening on %s:%d", host, bound)
+        return bound
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def migrate(self, node_id: str, request_ids: Iterable[str] | None = None) -> list[str]:
+        """Moves the requests of ``node_id`` that have not received a byte yet to other
+        nodes (all of that node's such requests when ``request_ids`` is None). Call on the
+        proxy's event loop; returns the request ids that will be re-sent."""
+        return self._movable.migrate(node_id, request_ids)
+
+    async def _cleanup(self, _app: web.Application) -> None:
+        await self._catalog.close()
+        await self._upstream.close()
+
+    async def _completion(self, request: web.Request) -> web.StreamResponse:
+        try:
+            raw = await self._read_body(request)
+            key = routing_key(request.path, parse_body(raw))
+            if await self._catalog.knows(key.model) is False:
+                raise unknown_model(key.model)
+            return await self._forwarder.forward(request, request.path, raw, key)
+        except ProxyError as error:
+            return proxy_error_response(error)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise body_too_large(limit)
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise body_too_large(limit) from exc
+
+    async def _models(self, _request: web.Request) -> web.Response:
+        models, answered = await self._catalog.models()
+        if answered == 0:
+            return proxy_error_response(
+                ProxyError(
+                    503,
+                    "No backend answered /v1/models.",
+                    "service_unavailable",
+                    "no_backend_available",
+                )
+            )
+        return web.json_response({"object": "list", "data": models})
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "in_flight": self.router.in_flight_total})
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return proxy_error_response(
+            ProxyError(
+                404,
+                f"Unknown endpoint: {request.method} {request.path}",
+                "invalid_request_error",
+                "unknown_endpoint",
+            )
+        )

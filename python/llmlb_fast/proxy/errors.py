@@ -1,0 +1,56 @@
+"""OpenAI-style error responses: ``{"error": {"message", "type", "code"}}``."""
+
+from __future__ import annotations
+
+import json
+
+
+class ProxyError(Exception):
+    """A request the proxy answers itself, with an HTTP status and an OpenAI error body."""
+
+    def __init__(self, status: int, message: str, error_type: str, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.code = code
+
+    def body(self) -> bytes:
+        error = {"message": self.message, "type": self.error_type, "code": self.code}
+        return json.dumps({"error": error}).encode()
+
+
+def invalid_request(message: str, code: str = "invalid_request") -> ProxyError:
+    return ProxyError(400, message, "invalid_request_error", code)
+
+
+def unknown_model(model: str) -> ProxyError:
+    return ProxyError(
+        404,
+        f"The model {model!r} does not exist on any backend.",
+        "invalid_request_error",
+        "model_not_found",
+    )
+
+
+def body_too_large(limit: int) -> ProxyError:
+    return ProxyError(
+        413,
+        f"Request body is larger than the limit of {limit} bytes.",
+        "invalid_request_error",
+        "request_too_large",
+    )
+
+
+def no_backend(message: str) -> ProxyError:
+    return ProxyError(503, message, "service_unavailable", "no_backend_available")
+
+
+def upstream_failed(message: str) -> ProxyError:
+    return ProxyError(502, message, "upstream_error", "upstream_failed")
+
+
+def upstream_timeout(timeout_s: float) -> ProxyError:
+    return ProxyError(
+        504, f"The backend did not answer within {timeout_s:g} s.", "timeout", "upstream_timeout"
+    )

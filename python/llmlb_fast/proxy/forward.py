@@ -1,0 +1,302 @@
+"""The request loop of the proxy: route, send, retry or migrate before the first byte,
+then pass the response through and complete the request in the router exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from llmlb_fast import (
+    Completion,
+    InvalidInputError,
+    NoAvailableNodeError,
+    RouteDecision,
+    Router,
+)
+from llmlb_fast.proxy.errors import (
+    ProxyError,
+    invalid_request,
+    no_backend,
+    upstream_failed,
+    upstream_timeout,
+)
+from llmlb_fast.proxy.metering import ResponseMeter
+from llmlb_fast.proxy.migration import MovableRequests
+from llmlb_fast.proxy.routing_key import RoutingKey
+from llmlb_fast.proxy.settings import ProxySettings
+from llmlb_fast.proxy.upstream import (
+    RetryableError,
+    Upstream,
+    backoff_delay,
+    forward_headers,
+    response_headers,
+)
+
+log = logging.getLogger("llmlb.proxy")
+
+OnComplete = Callable[[Completion], None]
+OnTimeout = Callable[[str], None]
+# Session id (x-session-id header) -> policy name for this request, or None (canary hook).
+PickPolicy = Callable[[str | None], str | None]
+
+NODE_HEADER = "x-llmlb-node"
+REQUEST_ID_HEADER = "x-llmlb-request-id"
+# A migrated request may move at most this many times (a cascade of trips).
+MAX_MIGRATIONS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    on_complete: OnComplete | None = None
+    on_timeout: OnTimeout | None = None
+    pick_policy: PickPolicy | None = None
+
+
+class Migrated(Exception):
+    """The attempt was cancelled by ``migrate``; route the request again."""
+
+
+class Forwarder:
+    def __init__(
+        self,
+        router: Router,
+        upstream: Upstream,
+        settings: ProxySettings,
+        hooks: Hooks,
+        movable: MovableRequests,
+    ) -> None:
+        self._router = router
+        self._upstream = upstream
+        self._settings = settings
+        self._hooks = hooks
+        self._movable = movable
+        self._rng = random.Random()
+
+    async def forward(
+        self, request: web.Request, path: str, raw: bytes, key: RoutingKey
+    ) -> web.StreamResponse:
+        headers = forward_headers(request.headers)
+        policy = self._pick_policy(request.headers)
+        failed: set[str] = set()
+        retries = migrations = 0
+        while True:
+            decision = self._route(key, policy, failed)
+            sent_at = time.perf_counter()
+            try:
+                response, first = await self._first_byte(decision, path, raw, headers)
+            except RetryableError as exc:
+                self._complete(decision, "error")
+                failed.add(decision.node_id)
+                retries += 1
+                if retries >= self._settings.max_attempts:
+                    raise upstream_failed(f"All {retries} attempts failed; last: {exc}") from exc
+                log.info("retrying %s after: %s", decision.request_id, exc)
+                await asyncio.sleep(backoff_delay(retries - 1, self._settings, self._rng))
+                continue
+            except Migrated:
+                self._complete(decision, "error")
+                failed.add(decision.node_id)
+                migrations += 1
+                if migrations > MAX_MIGRATIONS:
+                    raise no_backend("The request was migrated too many times.") from None
+                continue
+            except asyncio.TimeoutError:
+                self._complete_timeout(decision)
+                raise upstream_timeout(self._settings.request_timeout_s) from None
+            except BaseException:
+                # Client gone (handler cancelled) or a bug: release the slot, then propagate.
+                self._complete(decision, "ok")
+                raise
+            return await self._relay(request, decision, response, first, sent_at)
+
+    def _pick_policy(self, headers: Mapping[str, str]) -> str | None:
+        if self._hooks.pick_policy is None:
+            return None
+        return self._hooks.pick_policy(headers.get("x-session-id"))
+
+    def _route(self, key: RoutingKey, policy: str | None, avoid: set[str]) -> RouteDecision:
+        try:
+            decision = self._router.route(
+                key.prompt,
+                token_ids=key.token_ids,
+                expected_output_tokens=key.expected_output_tokens,
+                policy=policy,
+            )
+            if decision.node_id in avoid:
+                decision = self._route_elsewhere(key, decision, avoid)
+        except NoAvailableNodeError as exc:
+            raise no_backend(f"No backend can take the request: {exc}") from exc
+        except InvalidInputError as exc:
+            raise invalid_request(str(exc)) from exc
+        return decision
+
+    def _route_elsewhere(
+        self, key: RoutingKey, decision: RouteDecision, avoid: set[str]
+    ) -> RouteDecision:
+        """The router has no 'exclude' argument yet: walk round robin (which skips open
+        breakers) until it lands on a node this request has not failed on. Decisions
+        not used are released with outcome ok, so no node is blamed for them."""
+        for _ in range(len(self._router.nodes())):
+            self._router.complete(decision.request_id, "ok")
+            decision = self._router.route(
+                key.prompt,
+                token_ids=key.token_ids,
+                expected_output_tokens=key.expected_output_tokens,
+                policy="round_robin",
+            )
+            if decision.node_id not in avoid:
+                break
+        return decision
+
+    async def _first_byte(
+        self, decision: RouteDecision, path: str, raw: bytes, headers: Mapping[str, str]
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        """The attempt up to its first body byte. ``migrate`` may cancel this task
+        meanwhile; that cancellation is turned into :class:`Migrated` (a task per
+        attempt would also work, but costs ~10% of the proxy's throughput)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._movable.add(decision.request_id, decision.node_id, task)
+        try:
+            return await self._open(decision.address, path, raw, headers)
+        except asyncio.CancelledError:
+            if not self._movable.take_migrated(decision.request_id):
+                raise
+            uncancel(task)
+            raise Migrated from None
+        finally:
+            self._movable.discard(decision.request_id)
+
+    async def _open(
+        self, address: str, path: str, raw: bytes, headers: Mapping[str, str]
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        response = await self._upstream.open(address, path, raw, headers)
+        try:
+            if response.content_length is not None:
+                first = await response.read()
+            else:
+                first = await response.content.readany()
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+            response.release()
+            raise RetryableError(f"{address} failed before the first byte: {exc}") from exc
+        except BaseException:
+            response.release()
+            raise
+        return response, first
+
+    async def _relay(
+        self,
+        request: web.Request,
+        decision: RouteDecision,
+        upstream: aiohttp.ClientResponse,
+        first: bytes,
+        sent_at: float,
+    ) -> web.StreamResponse:
+        headers = response_headers(upstream.headers)
+        headers[NODE_HEADER] = decision.node_id
+        headers[REQUEST_ID_HEADER] = decision.request_id
+        if upstream.content_length is not None:
+            return self._relay_whole(decision, upstream, first, headers)
+        meter = ResponseMeter()
+        client = web.StreamResponse(status=upstream.status, headers=headers)
+        outcome = "ok"
+        try:
+            meter.feed_stream(first)
+            await client.prepare(request)
+            await client.write(first)
+            async for chunk in upstream.content.iter_any():
+                meter.feed_stream(chunk)
+                await client.write(chunk)
+            meter.finish_stream()
+            await client.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            # Client disconnected (aiohttp's write error is also a ClientError, so this
+            # comes first): the node did nothing wrong.
+            raise
+        except asyncio.TimeoutError:
+            outcome = "timeout"
+            abort(request)
+        except aiohttp.ClientError as exc:
+            # The backend failed after bytes reached the client: too late to retry;
+            # cut the client connection so it sees a truncated stream, not a clean end.
+            log.warning("backend %s failed mid-response: %s", decision.node_id, exc)
+            outcome = "error"
+            abort(request)
+        finally:
+            upstream.release()
+            ttft = None if meter.first_byte_at is None else meter.first_byte_at - sent_at
+            if outcome == "timeout":
+                self._complete_timeout(decision)
+            else:
+                self._complete(decision, outcome, ttft, meter)
+        return client
+
+    def _relay_whole(
+        self,
+        decision: RouteDecision,
+        upstream: aiohttp.ClientResponse,
+        body: bytes,
+        headers: CIMultiDict[str],
+    ) -> web.Response:
+        """A body already read in full: one web.Response, which aiohttp sends with its
+        headers in a single write (a StreamResponse costs a second syscall and segment)."""
+        upstream.release()
+        meter = ResponseMeter()
+        meter.feed_whole(body)
+        self._complete(decision, "ok", None, meter)
+        return web.Response(status=upstream.status, headers=headers, body=body)
+
+    def _complete(
+        self,
+        decision: RouteDecision,
+        outcome: str,
+        ttft_s: float | None = None,
+        meter: ResponseMeter | None = None,
+    ) -> None:
+        tokens_in = decision.prompt_tokens
+        tokens_out = 0
+        if meter is not None:
+            tokens_out = meter.tokens_out
+            if meter.prompt_tokens is not None:
+                tokens_in = meter.prompt_tokens
+        completion = self._router.complete(
+            decision.request_id, outcome, ttft_s=ttft_s, tokens_in=tokens_in, tokens_out=tokens_out
+        )
+        if completion is not None and self._hooks.on_complete is not None:
+            call_hook(self._hooks.on_complete, completion)
+
+    def _complete_timeout(self, decision: RouteDecision) -> None:
+        self._complete(decision, "timeout")
+        if self._hooks.on_timeout is not None:
+            call_hook(self._hooks.on_timeout, decision.node_id)
+
+
+def call_hook(hook: Callable[[object], None] | Callable[..., None], argument: object) -> None:
+    try:
+        hook(argument)
+    except Exception:  # a broken hook must not break the request path
+        log.exception("proxy hook %r failed", hook)
+
+
+def uncancel(task: asyncio.Task[object]) -> None:
+    """Python 3.11+ counts cancellations; a handled one must be taken back."""
+    undo = getattr(task, "uncancel", None)
+    if undo is not None:
+        undo()
+
+
+def abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.close()
+
+
+def proxy_error_response(error: ProxyError) -> web.Response:
+    return web.Response(status=error.status, body=error.body(), content_type="application/json")

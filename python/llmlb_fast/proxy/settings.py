@@ -1,0 +1,35 @@
+"""Tunables of the HTTP proxy and the ext_proc endpoint picker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    # Largest request body accepted (413 beyond it).
+    max_body_bytes: int = 8 * 1024 * 1024
+    # Each attempt: connect, wait for the first byte and stream the rest (504 / timeout).
+    request_timeout_s: float = 600.0
+    connect_timeout_s: float = 2.0
+    # Attempts per request (1 = no retry); only connect errors and 5xx before the first byte.
+    max_attempts: int = 3
+    backoff_base_s: float = 0.005
+    backoff_cap_s: float = 0.2
+    # Upstream connection pool.
+    pool_size: int = 1024
+    keepalive_timeout_s: float = 60.0
+    # How long a /v1/models answer is reused; also the model check of each request.
+    models_ttl_s: float = 5.0
+    models_fetch_timeout_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes <= 0:
+            raise ValueError("max_body_bytes must be positive")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        for name in ("request_timeout_s", "connect_timeout_s", "models_fetch_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.backoff_base_s < 0 or self.backoff_cap_s < self.backoff_base_s:
+            raise ValueError("need 0 <= backoff_base_s <= backoff_cap_s")
