@@ -1,5 +1,6 @@
 """Builds and runs the gRPC server: Router service, health, reflection, optional TLS,
-message size limits, the /metrics endpoint and config hot reload."""
+message size limits, the /metrics endpoint, config hot reload, and the traffic
+controller (HTTP proxy, Envoy ext_proc picker) when the config enables it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from llmlb_fast.config import ServiceConfig
 from llmlb_fast.reload import ConfigWatcher
 from llmlb_fast.runtime import RouterRuntime
+from llmlb_fast.traffic import TrafficController
 
 from grpc_server.llmlb.v1 import router_pb2 as pb
 from grpc_server.llmlb.v1 import router_pb2_grpc as pb_grpc
@@ -21,6 +23,7 @@ from grpc_server.service import RouterService
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Router"].full_name
+EXT_PROC_SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 DRAIN_POLL_S = 0.05
 
 
@@ -52,9 +55,11 @@ class RoutingServer:
         )
         pb_grpc.add_RouterServicer_to_server(self.service, self.server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        self.traffic = TrafficController(self.runtime, config.proxy, self.server)
+        services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if self.traffic.picker is not None:
+            services.append(EXT_PROC_SERVICE_NAME)
+        reflection.enable_server_reflection(services, self.server)
         self.watcher: ConfigWatcher | None = None
         self.port = 0
         self.metrics_port: int | None = None
@@ -70,6 +75,7 @@ class RoutingServer:
             raise OSError(f"cannot listen on {listen}")
         await self.server.start()
         self.runtime.start()
+        await self.traffic.start()
         server = self.config.server
         if server.metrics_port is not None:
             self.metrics_port = self.runtime.telemetry.serve_http(
@@ -86,18 +92,22 @@ class RoutingServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "llmlb router serving on port %d (%s), metrics port %s",
+            "llmlb router serving on port %d (%s), metrics port %s, proxy port %s%s",
             self.port,
             "TLS" if credentials else "plaintext",
             self.metrics_port,
+            self.traffic.port,
+            ", ext_proc on the gRPC port" if self.traffic.picker is not None else "",
         )
 
     async def stop(self, drain_s: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING, refuse new routes, wait (up to ``drain_s``) for
-        routed requests to complete, then stop the server."""
+        """Graceful stop: NOT_SERVING, refuse new routes and proxy requests, wait (up to
+        ``drain_s``) for routed requests (the proxy's too) to complete, then stop the
+        proxy and the server."""
         drain_s = self.runtime.config.timeouts.drain if drain_s is None else drain_s
         await self.health.enter_graceful_shutdown()
         self.service.draining = True
+        self.traffic.drain()
         if self.watcher is not None:
             await self.watcher.stop()
         loop = asyncio.get_running_loop()
@@ -107,6 +117,7 @@ class RoutingServer:
         left = self.runtime.router.in_flight_total
         if left:
             log.warning("drain timed out with %d requests still in flight", left)
+        await self.traffic.stop()
         self.runtime.bus.close()
         await self.server.stop(grace=1.0)
         await self.runtime.stop()

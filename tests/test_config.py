@@ -100,3 +100,35 @@ def test_node_models_default_to_any_and_must_be_names() -> None:
         parse_config({"nodes": [{"id": "a", "models": ["m", ""]}]})
     with pytest.raises(ConfigError, match=r"nodes\.0\.models: Input should be a valid list"):
         parse_config({"nodes": [{"id": "a", "models": "m"}]})
+
+
+def test_proxy_section_defaults_and_errors() -> None:
+    from llmlb_fast.traffic import proxy_settings
+
+    default = parse_config({}).proxy
+    assert (default.enabled, default.listen, default.ext_proc.enabled) == (
+        False,
+        "127.0.0.1:8080",
+        False,
+    )
+    config = parse_config_text(
+        "proxy: {enabled: true, listen: '0.0.0.0:9000', request_timeout: 30s,"
+        " max_attempts: 2, max_body_bytes: 1024, ext_proc: {enabled: true}}"
+    ).proxy
+    settings = proxy_settings(config)
+    assert (settings.request_timeout_s, settings.max_attempts, settings.max_body_bytes) == (
+        30.0,
+        2,
+        1024,
+    )
+    assert config.ext_proc.enabled
+    cases = {
+        "proxy: {listen: 'nohost'}": "proxy.listen",
+        "proxy: {max_attempts: 0}": "proxy.max_attempts",
+        "proxy: {retries: 3}": "proxy.retries: Extra inputs",
+        "proxy: {ext_proc: {enabled: true, port: 1}}": "proxy.ext_proc.port",
+        "proxy: {backoff_base: 1, backoff_cap: 0.5}": "backoff_cap must be at least",
+    }
+    for text, expected in cases.items():
+        with pytest.raises(ConfigError, match=expected):
+            parse_config_text(text)

@@ -84,8 +84,13 @@ class Envoy:
 
 
 class Picker:
-    def __init__(self, policy: str = "llmlb", settings: ProxySettings | None = None) -> None:
-        self.router = Router(RouterConfig(policy=policy), NODES)
+    def __init__(
+        self,
+        policy: str = "llmlb",
+        settings: ProxySettings | None = None,
+        nodes: list[Node] | None = None,
+    ) -> None:
+        self.router = Router(RouterConfig(policy=policy), NODES if nodes is None else nodes)
         self.completions: list[Completion] = []
         self.timeouts: list[str] = []
         self.picker = EndpointPicker(
@@ -205,6 +210,30 @@ def test_bad_body_gets_an_immediate_openai_error() -> None:
             assert reply.immediate_response.status.code == 413
             await too_big.close()
             assert p.completions == []
+
+    run(scenario)
+
+
+def test_model_decides_the_node_and_an_unknown_model_gets_a_404() -> None:
+    async def scenario() -> None:
+        nodes = [Node("a", "http://10.0.0.1:8000", models=["m"]), Node("c", "x:1", models=["x"])]
+        async with Picker(nodes=nodes) as p:
+            envoy = Envoy(p.stub)
+            await envoy.send(request_headers())
+            reply = await envoy.send(request_body({**CHAT, "model": "gpt-9"}))
+            assert reply.immediate_response.status.code == 404
+            assert json.loads(reply.immediate_response.body)["error"]["code"] == "model_not_found"
+            await envoy.close()
+            for _ in range(3):
+                envoy = Envoy(p.stub)
+                await envoy.send(request_headers())
+                picked = await envoy.send(request_body(CHAT))
+                assert mutation(picked.request_body.response)["x-llmlb-node"] == "a"
+                await envoy.send(response_headers(200))
+                await envoy.send(response_body(b"data: [DONE]\n\n", end=True))
+                await envoy.close()
+            assert [c.node_id for c in p.completions] == ["a"] * 3
+            assert p.router.in_flight_total == 0
 
     run(scenario)
 

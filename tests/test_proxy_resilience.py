@@ -108,6 +108,37 @@ def test_5xx_before_the_first_byte_is_retried_elsewhere() -> None:
     run(scenario)
 
 
+def test_a_retry_excludes_failed_nodes_and_blames_no_other_node() -> None:
+    async def scenario() -> None:
+        # The dead node holds the prompt's prefix, so prefix-aware routing picks it again
+        # on the retry; the retry must go elsewhere without completing spare decisions.
+        dead = Node("dead", closed_port_address())
+        async with Cluster([Backend("live")], [dead], policy="prefix_aware") as c:
+            warm = c.router.route("same prompt", exclude=["live"])
+            c.router.complete(warm.request_id, "error")
+            for _ in range(3):
+                status, _, node = await c.post(body("same prompt"))
+                assert (status, node) == (200, "live")
+            dead_stats = c.router.node_stats("dead")
+            assert dead_stats["ok"] == 0
+            assert dead_stats["completed"] == 1 + len(c.outcomes("dead"))
+            assert c.outcomes("dead") and set(c.outcomes("dead")) == {"error"}
+            assert c.router.node_stats("live")["completed"] == 3
+
+    run(scenario)
+
+
+def test_a_single_node_is_retried_after_a_transient_failure() -> None:
+    async def scenario() -> None:
+        flaky = Backend("only", fail_first=1, fail_status=503)
+        async with Cluster([flaky]) as c:
+            status, data, node = await c.post(body())
+            assert (status, node, data) == (200, "only", b"".join(sse_chunks(3)))
+            assert c.outcomes("only") == ["error", "ok"]
+
+    run(scenario)
+
+
 def test_all_attempts_failing_gives_502_and_releases_every_slot() -> None:
     async def scenario() -> None:
         dead = [Node(f"dead{i}", closed_port_address()) for i in range(2)]

@@ -146,6 +146,50 @@ class ServerConfig(_Strict):
     reload_poll_interval: Seconds = 1.0
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` -> ``("127.0.0.1", 8080)``; ``[::1]:8080`` for IPv6."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"not HOST:PORT: {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+class ExtProcConfig(_Strict):
+    # Envoy ext_proc endpoint picker on the gRPC port (server.listen).
+    enabled: bool = False
+
+
+class ProxyConfig(_Strict):
+    """The traffic controller. Read at start only: changing these needs a restart."""
+
+    # The OpenAI-compatible HTTP proxy; nodes' ``address`` is the backend base URL.
+    enabled: bool = False
+    listen: str = "127.0.0.1:8080"
+    # Per attempt: connect, first byte and the rest of the response.
+    request_timeout: Seconds = 600.0
+    connect_timeout: Seconds = 2.0
+    # Attempts per request (1 = no retry): connect errors and 5xx before the first byte.
+    max_attempts: int = Field(default=3, ge=1)
+    backoff_base: float = Field(default=0.005, ge=0)
+    backoff_cap: float = Field(default=0.2, ge=0)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    # How long a /v1/models answer of the backends is reused.
+    models_ttl: Seconds = 5.0
+    ext_proc: ExtProcConfig = Field(default_factory=ExtProcConfig)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str) -> str:
+        split_listen(listen)
+        return listen
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> ProxyConfig:
+        if self.backoff_cap < self.backoff_base:
+            raise ValueError("backoff_cap must be at least backoff_base")
+        return self
+
+
 class AlertsConfig(_Strict):
     webhook_url: str | None = None
     timeout: Seconds = 2.0
@@ -162,6 +206,7 @@ class ServiceConfig(_Strict):
     canary: CanaryConfig | None = None
     server: ServerConfig = Field(default_factory=ServerConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     nodes: list[NodeConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

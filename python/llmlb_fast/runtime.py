@@ -107,6 +107,25 @@ class RouterRuntime:
         self._observe_completion(completion)
         return completion
 
+    def canary_policy(self, session_id: str | None) -> str | None:
+        """The policy for a request that routes itself (proxy, ext_proc): the canary's for
+        a request in its share (sticky per session id; a random draw without one)."""
+        if self.canary is None:
+            return None
+        return self.canary.choose(session_id or "")
+
+    def observe_route(self, decision: RouteDecision, seconds: float) -> None:
+        """Metrics of a decision made by the proxy or the ext_proc picker."""
+        self.telemetry.observe_route(decision.policy, decision.reason, seconds)
+
+    def observe_ttft(self, completion: Completion, ttft_s: float) -> None:
+        self.telemetry.observe_ttft(completion.policy, ttft_s)
+
+    def observe_completion(self, completion: Completion) -> None:
+        """A completion made by the proxy or the ext_proc picker (they call
+        ``Router.complete`` themselves): metrics and breakers see it once."""
+        self._observe_completion(completion)
+
     def _observe_completion(self, completion: Completion) -> None:
         self.telemetry.observe_completion(completion.node_id, completion.policy, completion.outcome)
         self.breakers.on_completion(completion)
@@ -177,6 +196,9 @@ class RouterRuntime:
         ):
             notes.append("server settings other than auth_token need a restart")
             log.warning("config reload: server settings other than auth_token need a restart")
+        if new.proxy != self.config.proxy:
+            notes.append("proxy settings need a restart")
+            log.warning("config reload: proxy settings need a restart")
         self.config = new
         self.bus.publish(
             Event(

@@ -1,8 +1,9 @@
 """``llmlb serve --config FILE``: run the gRPC routing service until SIGTERM/SIGINT.
 
-SIGTERM drains: health goes NOT_SERVING, new Route calls are refused, routed requests
-get ``timeouts.drain`` seconds to complete, then the server stops. SIGHUP reloads the
-config file.
+SIGTERM drains: health goes NOT_SERVING, new Route calls and proxy requests are
+refused, routed requests get ``timeouts.drain`` seconds to complete, then the proxy and
+the server stop. SIGHUP reloads the config file. With ``proxy.enabled`` the HTTP proxy
+runs on the same event loop.
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ async def serve(config_path: str, listen: str | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"llmlb serving on port {server.port}; metrics port {server.metrics_port}", flush=True)
+    print(
+        f"llmlb serving on port {server.port}; metrics port {server.metrics_port}; "
+        f"proxy port {server.traffic.port}",
+        flush=True,
+    )
     await stop.wait()
     logging.getLogger(__name__).info("shutting down: draining")
     await server.stop()

@@ -8,12 +8,14 @@ from collections.abc import Iterable
 from aiohttp import web
 
 from llmlb_fast import Router
-from llmlb_fast.proxy.errors import ProxyError, body_too_large, unknown_model
+from llmlb_fast.proxy.errors import ProxyError, body_too_large, no_backend, unknown_model
 from llmlb_fast.proxy.forward import (
     Forwarder,
     Hooks,
     OnComplete,
+    OnRoute,
     OnTimeout,
+    OnTtft,
     PickPolicy,
     proxy_error_response,
 )
@@ -32,7 +34,9 @@ class ProxyServer:
 
     ``on_complete`` gets every Completion (breaker and metrics), ``on_timeout`` the node
     id of each request that hit the timeout, ``pick_policy`` the ``x-session-id`` header
-    and returns a policy for the request (canary) or None.
+    and returns a policy for the request (canary) or None, ``on_route`` each decision and
+    the seconds it took, ``on_ttft`` each streamed request's time to first token.
+    While ``draining`` is set, new requests get a 503.
     """
 
     def __init__(
@@ -43,9 +47,12 @@ class ProxyServer:
         on_complete: OnComplete | None = None,
         on_timeout: OnTimeout | None = None,
         pick_policy: PickPolicy | None = None,
+        on_route: OnRoute | None = None,
+        on_ttft: OnTtft | None = None,
     ) -> None:
         self.router = router
         self.settings = settings or ProxySettings()
+        self.draining = False
         self._upstream = Upstream(self.settings)
         self._movable = MovableRequests()
         self._catalog = ModelCatalog(router, self._upstream, self.settings)
@@ -53,7 +60,7 @@ class ProxyServer:
             router,
             self._upstream,
             self.settings,
-            Hooks(on_complete, on_timeout, pick_policy),
+            Hooks(on_complete, on_timeout, pick_policy, on_route, on_ttft),
             self._movable,
         )
         self._runner: web.AppRunner | None = None
@@ -98,6 +105,8 @@ class ProxyServer:
 
     async def _completion(self, request: web.Request) -> web.StreamResponse:
         try:
+            if self.draining:
+                raise no_backend("The server is draining; send the request elsewhere.")
             raw = await self._read_body(request)
             key = routing_key(request.path, parse_body(raw))
             if await self._catalog.knows(key.model) is False:
@@ -117,7 +126,7 @@ class ProxyServer:
 
     async def _models(self, _request: web.Request) -> web.Response:
         models, answered = await self._catalog.models()
-        if answered == 0:
+        if answered == 0 and not models:
             return proxy_error_response(
                 ProxyError(
                     503,

@@ -30,9 +30,28 @@ from envoy.service.ext_proc.v3 import (
 from envoy.type.v3 import http_status_pb2  # type: ignore[import-untyped]
 from google.protobuf import struct_pb2
 
-from llmlb_fast import InvalidInputError, NoAvailableNodeError, RouteDecision, Router
-from llmlb_fast.proxy.errors import ProxyError, body_too_large, invalid_request, no_backend
-from llmlb_fast.proxy.forward import OnComplete, OnTimeout, PickPolicy, call_hook
+from llmlb_fast import (
+    InvalidInputError,
+    NoAvailableNodeError,
+    RouteDecision,
+    Router,
+    UnknownModelError,
+)
+from llmlb_fast.proxy.errors import (
+    ProxyError,
+    body_too_large,
+    invalid_request,
+    no_backend,
+    unknown_model,
+)
+from llmlb_fast.proxy.forward import (
+    OnComplete,
+    OnRoute,
+    OnTimeout,
+    OnTtft,
+    PickPolicy,
+    call_hook,
+)
 from llmlb_fast.proxy.metering import ResponseMeter
 from llmlb_fast.proxy.routing_key import CHAT_PATH, RoutingKey, parse_body, routing_key
 from llmlb_fast.proxy.settings import ProxySettings
@@ -155,19 +174,26 @@ class Exchange:
         policy = None
         if picker.pick_policy is not None:
             policy = picker.pick_policy(self._headers.get("x-session-id"))
+        started = time.perf_counter()
         try:
             decision = picker.router.route(
                 key.prompt if key else None,
                 token_ids=key.token_ids if key else None,
                 expected_output_tokens=key.expected_output_tokens if key else None,
+                model=key.model if key else None,
                 policy=policy,
             )
+        except UnknownModelError:
+            assert key is not None  # no model, no model error
+            return immediate(unknown_model(key.model))
         except NoAvailableNodeError as exc:
             return immediate(no_backend(f"No backend can take the request: {exc}"))
         except InvalidInputError as exc:
             return immediate(invalid_request(str(exc)))
         self._decision = decision
         self._routed_at = time.perf_counter()
+        if picker.on_route is not None:
+            call_hook(picker.on_route, decision, self._routed_at - started)
         endpoint = destination(decision.address)
         common = pb.CommonResponse(
             header_mutation=pb.HeaderMutation(
@@ -240,12 +266,16 @@ class EndpointPicker:
         on_complete: OnComplete | None = None,
         on_timeout: OnTimeout | None = None,
         pick_policy: PickPolicy | None = None,
+        on_route: OnRoute | None = None,
+        on_ttft: OnTtft | None = None,
     ) -> None:
         self.router = router
         self.settings = settings or ProxySettings()
         self.on_complete = on_complete
         self.on_timeout = on_timeout
         self.pick_policy = pick_policy
+        self.on_route = on_route
+        self.on_ttft = on_ttft
 
     async def Process(
         self,
@@ -273,7 +303,11 @@ class EndpointPicker:
         completion = self.router.complete(
             decision.request_id, outcome, ttft_s=ttft_s, tokens_in=tokens_in, tokens_out=tokens_out
         )
-        if completion is not None and self.on_complete is not None:
+        if completion is None:
+            return
+        if ttft_s is not None and self.on_ttft is not None:
+            call_hook(self.on_ttft, completion, ttft_s)
+        if self.on_complete is not None:
             call_hook(self.on_complete, completion)
         if outcome == "timeout" and self.on_timeout is not None:
             call_hook(self.on_timeout, decision.node_id)

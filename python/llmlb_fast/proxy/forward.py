@@ -20,11 +20,13 @@ from llmlb_fast import (
     NoAvailableNodeError,
     RouteDecision,
     Router,
+    UnknownModelError,
 )
 from llmlb_fast.proxy.errors import (
     ProxyError,
     invalid_request,
     no_backend,
+    unknown_model,
     upstream_failed,
     upstream_timeout,
 )
@@ -46,6 +48,10 @@ OnComplete = Callable[[Completion], None]
 OnTimeout = Callable[[str], None]
 # Session id (x-session-id header) -> policy name for this request, or None (canary hook).
 PickPolicy = Callable[[str | None], str | None]
+# Each routing decision and the seconds ``Router.route`` took (route metrics).
+OnRoute = Callable[[RouteDecision, float], None]
+# A completed streaming request and its time to first token in seconds.
+OnTtft = Callable[[Completion, float], None]
 
 NODE_HEADER = "x-llmlb-node"
 REQUEST_ID_HEADER = "x-llmlb-request-id"
@@ -58,6 +64,8 @@ class Hooks:
     on_complete: OnComplete | None = None
     on_timeout: OnTimeout | None = None
     pick_policy: PickPolicy | None = None
+    on_route: OnRoute | None = None
+    on_ttft: OnTtft | None = None
 
 
 class Migrated(Exception):
@@ -122,38 +130,35 @@ class Forwarder:
             return None
         return self._hooks.pick_policy(headers.get("x-session-id"))
 
-    def _route(self, key: RoutingKey, policy: str | None, avoid: set[str]) -> RouteDecision:
+    def _route(self, key: RoutingKey, policy: str | None, failed: set[str]) -> RouteDecision:
+        """Routes to a node this request has not failed on; once it has failed on every
+        node that can take it, any node again (a transient fault may be gone by now)."""
         try:
-            decision = self._router.route(
-                key.prompt,
-                token_ids=key.token_ids,
-                expected_output_tokens=key.expected_output_tokens,
-                policy=policy,
-            )
-            if decision.node_id in avoid:
-                decision = self._route_elsewhere(key, decision, avoid)
+            try:
+                return self._route_once(key, policy, failed)
+            except NoAvailableNodeError:
+                if not failed:
+                    raise
+                return self._route_once(key, policy, set())
+        except UnknownModelError as exc:
+            raise unknown_model(key.model) from exc
         except NoAvailableNodeError as exc:
             raise no_backend(f"No backend can take the request: {exc}") from exc
         except InvalidInputError as exc:
             raise invalid_request(str(exc)) from exc
-        return decision
 
-    def _route_elsewhere(
-        self, key: RoutingKey, decision: RouteDecision, avoid: set[str]
-    ) -> RouteDecision:
-        """The router has no 'exclude' argument yet: walk round robin (which skips open
-        breakers) until it lands on a node this request has not failed on. Decisions
-        not used are released with outcome ok, so no node is blamed for them."""
-        for _ in range(len(self._router.nodes())):
-            self._router.complete(decision.request_id, "ok")
-            decision = self._router.route(
-                key.prompt,
-                token_ids=key.token_ids,
-                expected_output_tokens=key.expected_output_tokens,
-                policy="round_robin",
-            )
-            if decision.node_id not in avoid:
-                break
+    def _route_once(self, key: RoutingKey, policy: str | None, exclude: set[str]) -> RouteDecision:
+        started = time.perf_counter()
+        decision = self._router.route(
+            key.prompt,
+            token_ids=key.token_ids,
+            expected_output_tokens=key.expected_output_tokens,
+            model=key.model,
+            exclude=sorted(exclude) if exclude else None,
+            policy=policy,
+        )
+        if self._hooks.on_route is not None:
+            call_hook(self._hooks.on_route, decision, time.perf_counter() - started)
         return decision
 
     async def _first_byte(
@@ -270,7 +275,11 @@ class Forwarder:
         completion = self._router.complete(
             decision.request_id, outcome, ttft_s=ttft_s, tokens_in=tokens_in, tokens_out=tokens_out
         )
-        if completion is not None and self._hooks.on_complete is not None:
+        if completion is None:
+            return
+        if ttft_s is not None and self._hooks.on_ttft is not None:
+            call_hook(self._hooks.on_ttft, completion, ttft_s)
+        if self._hooks.on_complete is not None:
             call_hook(self._hooks.on_complete, completion)
 
     def _complete_timeout(self, decision: RouteDecision) -> None:
@@ -279,9 +288,9 @@ class Forwarder:
             call_hook(self._hooks.on_timeout, decision.node_id)
 
 
-def call_hook(hook: Callable[[object], None] | Callable[..., None], argument: object) -> None:
+def call_hook(hook: Callable[..., None], *arguments: object) -> None:
     try:
-        hook(argument)
+        hook(*arguments)
     except Exception:  # a broken hook must not break the request path
         log.exception("proxy hook %r failed", hook)
 

@@ -1,4 +1,5 @@
-"""``/v1/models``: the union of what the backends serve, cached for a few seconds."""
+"""``/v1/models``: the union of the models configured on the router's nodes and what the
+backends list, cached for a few seconds."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from llmlb_fast.proxy.upstream import Upstream
 log = logging.getLogger("llmlb.proxy")
 
 
+def configured_model(model_id: str) -> dict[str, Any]:
+    """The entry of a model named in a node's config that no backend listed."""
+    return {"id": model_id, "object": "model", "owned_by": "llmlb"}
+
+
 class ModelCatalog:
     def __init__(self, router: Router, upstream: Upstream, settings: ProxySettings) -> None:
         self._router = router
@@ -26,14 +32,16 @@ class ModelCatalog:
         self._refresh: asyncio.Task[None] | None = None
 
     async def models(self) -> tuple[list[dict[str, Any]], int]:
-        """The merged model objects and how many backends answered."""
+        """The merged model objects and how many backends answered (configured models
+        are listed even when none did)."""
         if self._is_stale():
             await self._refreshed()
         return self._models, self._answered
 
     async def knows(self, model: str) -> bool | None:
         """True or False when at least one backend answered; None when none did (the
-        catalogue is unknown, so the request is let through)."""
+        catalogue is unknown, so the request is let through and the router decides from
+        the nodes' configured models)."""
         if self._fetched_at is None:
             await self._refreshed()
         elif self._is_stale():
@@ -57,7 +65,8 @@ class ModelCatalog:
         await asyncio.shield(self._start_refresh())
 
     async def _fetch_all(self) -> None:
-        addresses = sorted({n.node.address for n in self._router.nodes() if n.node.address})
+        nodes = [status.node for status in self._router.nodes()]
+        addresses = sorted({node.address for node in nodes if node.address})
         answers = await asyncio.gather(*(self._fetch(a) for a in addresses))
         merged: dict[str, dict[str, Any]] = {}
         answered = 0
@@ -67,6 +76,9 @@ class ModelCatalog:
             answered += 1
             for model in answer:
                 merged.setdefault(model["id"], model)
+        for node in nodes:
+            for model_id in node.models:
+                merged.setdefault(model_id, configured_model(model_id))
         self._models = list(merged.values())
         self._ids = frozenset(merged)
         self._answered = answered
