@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
-from llmlb_fast._core import Completion, Node, NodeStatus, RouteDecision
+from llmlb_fast._core import METRIC_FIELDS, Completion, Node, NodeStatus, RouteDecision
 from llmlb_fast.errors import (
     DuplicateRequestError,
     LlmlbError,
@@ -42,20 +42,6 @@ EVENT_KINDS = {
 EVENT_NAMES = {value: name for name, value in EVENT_KINDS.items()}
 # What Route and Complete may raise for a bad or unlucky request (answered, not crashed).
 REQUEST_ERRORS = (LlmlbError, ValueError, KeyError)
-METRIC_FIELDS = (
-    "gpu_memory_used_bytes",
-    "gpu_memory_total_bytes",
-    "kv_cache_memory_bytes",
-    "compute_memory_bytes",
-    "kv_cache_usage",
-    "sm_utilization",
-    "mem_bandwidth_utilization",
-    "pcie_tx_bytes_per_s",
-    "pcie_rx_bytes_per_s",
-    "num_requests_running",
-    "num_requests_waiting",
-    "kv_capacity_tokens",
-)
 _OPTIONAL_SPEC_FIELDS = (
     "peak_tflops",
     "gpu_memory_bytes",

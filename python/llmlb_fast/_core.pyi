@@ -5,6 +5,7 @@ from typing import Final, final
 
 __all__ = [
     "HASH_SEED",
+    "METRIC_FIELDS",
     "POLICIES",
     "CandidateScore",
     "Completion",
@@ -17,6 +18,7 @@ __all__ = [
 ]
 
 HASH_SEED: Final[int]
+METRIC_FIELDS: Final[list[str]]
 POLICIES: Final[list[str]]
 __version__: Final[str]
 

@@ -32,6 +32,7 @@ mod _core {
                 .map(|p| p.as_str())
                 .collect::<Vec<_>>(),
         )?;
+        m.add("METRIC_FIELDS", super::node::METRIC_FIELDS.to_vec())?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         Ok(())
     }
