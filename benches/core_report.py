@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import statistics
 import sys
@@ -126,8 +127,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     latency = results["route_latency"]
     nodes = [str(n) for n in latency]
-    left.bar([f"{n}\np50" for n in nodes], [latency[n]["p50_us"] for n in latency], color="C0")
-    left.bar([f"{n}\np99" for n in nodes], [latency[n]["p99_us"] for n in latency], color="C1")
+    for q, color in (("p50", "C0"), ("p99", "C1")):
+        labels = [f"{n}\n{q}" for n in nodes]
+        left.bar(labels, [latency[n][f"{q}_us"] for n in latency], color=color, label=q)
+    left.set_xlabel("nodes")
+    left.legend()
     left.set_ylabel("route() latency (µs)")
     left.set_title("route() from Python, 100k prefix entries")
     rates = results["throughput_per_s"]
@@ -147,7 +151,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "core.json")
     args = parser.parse_args()
 
-    results: dict[str, Any] = {"machine": platform.processor() or platform.machine()}
+    results: dict[str, Any] = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+    }
     results["route_latency"] = {}
     for nodes in (8, 64, 512):
         workload = build(nodes)

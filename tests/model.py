@@ -56,7 +56,7 @@ class Config:
     balance_rel_threshold: float = 1.5
     memory_saturation_threshold: float = 0.95
     weights: dict[str, float] = field(
-        default_factory=lambda: {"load": 1.0, "prefix": 1.0, "gpu": 0.5}
+        default_factory=lambda: {"load": 0.25, "prefix": 1.0, "gpu": 0.5}
     )
     seed: int = 0
 

@@ -31,7 +31,7 @@ class RouterConfig:
         token_block_size: int = 16,
         char_block_size: int = 64,
         chars_per_token: float = 4.0,
-        prefix_cache_size: int = 100_000,
+        prefix_cache_size: int = 1_000_000,
         metrics_ttl_s: float = 5.0,
         request_ttl_s: float = 600.0,
         load_balance_window_s: float = 30.0,

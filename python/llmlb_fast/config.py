@@ -73,13 +73,13 @@ class NodeConfig(_Strict):
 
 
 class WeightsConfig(_Strict):
-    load: float = Field(default=1.0, ge=0)
+    load: float = Field(default=0.25, ge=0)
     prefix: float = Field(default=1.0, ge=0)
     gpu: float = Field(default=0.5, ge=0)
 
 
 class SchedulingConfig(_Strict):
-    prefix_cache_size: int = Field(default=100_000, gt=0)
+    prefix_cache_size: int = Field(default=1_000_000, gt=0)
     token_block_size: int = Field(default=16, gt=0)
     char_block_size: int = Field(default=64, gt=0)
     chars_per_token: float = Field(default=4.0, gt=0)

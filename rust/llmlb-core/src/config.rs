@@ -72,10 +72,13 @@ pub struct Weights {
     pub gpu: f64,
 }
 
+/// Defaults from the simulated cluster (`llmlb bench`, docs/benchmark.md): with the load
+/// weight at 1 the load noise of ~100 running requests per node outweighed the credit
+/// for a cached conversation, and the policy lost its prefix hits.
 impl Default for Weights {
     fn default() -> Self {
         Weights {
-            load: 1.0,
+            load: 0.25,
             prefix: 1.0,
             gpu: 0.5,
         }
@@ -91,7 +94,9 @@ pub struct RouterConfig {
     pub char_block_size: usize,
     /// Bytes of text per token, to estimate token counts of text prompts.
     pub chars_per_token: f64,
-    /// Most blocks the prefix index holds (`scheduling.prefix_cache_size`).
+    /// Most blocks the prefix index holds (`scheduling.prefix_cache_size`). Keep it above
+    /// the cluster's total KV blocks, or the index forgets prefixes the engines still hold
+    /// (about 110 bytes per block).
     pub prefix_cache_size: usize,
     /// GPU metrics older than this are unknown, not trusted.
     pub metrics_ttl_s: f64,
@@ -118,7 +123,7 @@ impl Default for RouterConfig {
             token_block_size: 16,
             char_block_size: 64,
             chars_per_token: 4.0,
-            prefix_cache_size: 100_000,
+            prefix_cache_size: 1_000_000,
             metrics_ttl_s: 5.0,
             request_ttl_s: 600.0,
             load_balance_window_s: 30.0,

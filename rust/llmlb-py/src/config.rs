@@ -23,7 +23,7 @@ impl RouterConfig {
         token_block_size = 16,
         char_block_size = 64,
         chars_per_token = 4.0,
-        prefix_cache_size = 100_000,
+        prefix_cache_size = 1_000_000,
         metrics_ttl_s = 5.0,
         request_ttl_s = 600.0,
         load_balance_window_s = 30.0,

@@ -1,0 +1,323 @@
+"""``llmlb bench``: every routing policy on the same simulated cluster and workload.
+
+Runs the discrete-event simulator (:mod:`llmlb_fast.sim.des`) once per policy, with
+routing decided by the Rust core, and prints the article's table: TTFT p50/p95,
+throughput (QPS and output tokens/s), GPU memory utilisation, timeout rate and KV-cache
+hit rate, with the change against round robin. Writes the table (Markdown), the
+numbers (JSON) and plots (TTFT CDF, per-node load over time) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from llmlb_fast import POLICIES, RouterConfig
+from llmlb_fast.sim.des import RunResult, Simulation, summarize
+from llmlb_fast.sim.profiles import PROFILES, HardwareProfile, load_profiles, parse_cluster
+from llmlb_fast.sim.workloads import ChatSessions, TraceReplay, Uniform, Workload, read_trace
+
+HELP = "Compare routing policies on a simulated GPU cluster (the article's benchmark table)."
+
+DEFAULT_TRACE = "../shared/traces/mooncake_conversation_trace.jsonl"
+
+# Row label, summary key, "higher is better", format.
+COLUMNS: list[tuple[str, str, bool, str]] = [
+    ("TTFT p50 (ms)", "ttft_p50_ms", False, "{:.0f}"),
+    ("TTFT p95 (ms)", "ttft_p95_ms", False, "{:.0f}"),
+    ("throughput (QPS)", "qps", True, "{:.2f}"),
+    ("output tokens/s", "output_tokens_per_s", True, "{:.0f}"),
+    ("GPU memory util", "gpu_memory_util", True, "{:.1%}"),
+    ("timeout rate", "timeout_rate", False, "{:.2%}"),
+    ("KV-cache hit rate", "kv_hit_rate", True, "{:.1%}"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("what to compare")
+    g.add_argument(
+        "--policies",
+        default=",".join(POLICIES),
+        help="comma-separated policies (default: all: %(default)s)",
+    )
+    g.add_argument(
+        "--workload",
+        choices=["chat", "trace", "uniform"],
+        default="chat",
+        help="chat: the article's scenario; trace: replay --trace; uniform: no sharing",
+    )
+    g.add_argument(
+        "--cluster",
+        default="h100x4:8",
+        help=f"nodes as PROFILE:COUNT,... (built in: {', '.join(PROFILES)}; default %(default)s)",
+    )
+    g.add_argument("--profiles", metavar="FILE", help="JSON/YAML file declaring more profiles")
+    g.add_argument(
+        "--router-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="RouterConfig field for every run, e.g. weights.prefix=2 (repeatable)",
+    )
+    g = parser.add_argument_group("run")
+    g.add_argument("--duration", type=float, default=7200.0, help="simulated seconds")
+    g.add_argument("--warmup", type=float, default=300.0, help="seconds left out of the stats")
+    g.add_argument("--timeout", type=float, default=10.0, help="TTFT deadline in seconds")
+    g.add_argument(
+        "--monitor-interval", type=float, default=1.0, help="GPU metrics report interval (s)"
+    )
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes"
+    )
+    g.add_argument("--out", metavar="DIR", help="write table.md, results.json and PNG plots")
+    g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = parser.add_argument_group("chat workload")
+    g.add_argument("--sessions", type=int, default=48, help="sessions (system prompts)")
+    g.add_argument("--streams", type=int, default=20, help="concurrent requests per session")
+    g.add_argument("--system-tokens", type=int, default=1000)
+    g.add_argument("--input-tokens", type=int, default=200, help="new input tokens per turn")
+    g.add_argument("--output-tokens", type=int, default=800)
+    g.add_argument("--turns", type=int, default=4, help="turns per conversation")
+    g.add_argument("--think", type=float, default=2.0, help="mean think time between turns (s)")
+    g.add_argument(
+        "--rate", type=float, help="open loop: new conversations (chat) or requests per second"
+    )
+    g = parser.add_argument_group("trace and uniform workloads")
+    g.add_argument(
+        "--trace", metavar="FILE", help=f"Mooncake JSONL or Azure CSV (default {DEFAULT_TRACE})"
+    )
+    g.add_argument("--speedup", type=float, default=1.0, help="divide trace timestamps by this")
+    g.add_argument(
+        "--concurrency", type=int, help="closed loop with this many streams (trace, uniform)"
+    )
+    g.add_argument("--limit", type=int, help="replay only the first N trace requests")
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """Everything one policy's run needs, picklable for worker processes."""
+
+    args: dict[str, Any]
+    cluster: tuple[HardwareProfile, ...]
+    router_options: dict[str, Any]
+
+
+def build_workload(args: dict[str, Any]) -> Workload:
+    kind = args["workload"]
+    if kind == "chat":
+        return ChatSessions(
+            sessions=args["sessions"],
+            streams=args["streams"],
+            system_tokens=args["system_tokens"],
+            input_tokens=args["input_tokens"],
+            output_tokens=args["output_tokens"],
+            turns=args["turns"],
+            think_s=args["think"],
+            rate_per_s=args["rate"],
+            duration_s=args["duration"],
+            seed=args["seed"],
+        )
+    if kind == "uniform":
+        concurrency = args["concurrency"]
+        if concurrency is None and args["rate"] is None:
+            concurrency = args["sessions"] * args["streams"]
+        return Uniform(
+            input_tokens=args["input_tokens"],
+            output_tokens=args["output_tokens"],
+            concurrency=concurrency,
+            rate_per_s=args["rate"],
+            duration_s=args["duration"],
+            seed=args["seed"],
+        )
+    path = args["trace"] or DEFAULT_TRACE
+    return TraceReplay(
+        read_trace(path),
+        name=Path(path).stem,
+        speedup=args["speedup"],
+        concurrency=args["concurrency"],
+        limit=args["limit"],
+    )
+
+
+def parse_router_options(options: Sequence[str]) -> dict[str, Any]:
+    """``["weights.prefix=2", "metrics_ttl_s=3"]`` -> RouterConfig keyword arguments."""
+    fields = RouterConfig().to_dict()
+    result: dict[str, Any] = {}
+    for option in options:
+        key, sep, text = option.partition("=")
+        if not sep:
+            raise ValueError(f"--router-option {option!r}: expected KEY=VALUE")
+        value: Any
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if key.startswith("weights."):
+            default_weights = cast(dict[str, float], fields["weights"])
+            weights = result.setdefault("weights", dict(default_weights))
+            weights[key.removeprefix("weights.")] = value
+        elif key in fields and key not in {"policy", "seed"}:
+            result[key] = value
+        else:
+            raise ValueError(f"--router-option {option!r}: unknown field {key!r}")
+    RouterConfig(**result)  # validates now, not in a worker
+    return result
+
+
+def run_policy(
+    spec: BenchSpec, policy: str, show_progress: bool = False
+) -> tuple[RunResult, float]:
+    args = spec.args
+    sim = Simulation(
+        build_workload(args),
+        spec.cluster,
+        policy=policy,
+        config=RouterConfig(**spec.router_options),
+        duration_s=args["duration"],
+        warmup_s=args["warmup"],
+        timeout_s=args["timeout"],
+        monitor_interval_s=args["monitor_interval"],
+        seed=args["seed"],
+    )
+    started = time.perf_counter()
+    if show_progress:
+        from tqdm import tqdm
+
+        with tqdm(total=round(args["duration"]), desc=policy, unit="sim s", leave=False) as bar:
+
+            def advance(seconds: float) -> None:
+                bar.update(round(seconds))
+
+            result = sim.run(progress=advance)
+    else:
+        result = sim.run()
+    wall = time.perf_counter() - started
+    result.wall_s = wall
+    return result, wall
+
+
+def _run_policy_job(spec: BenchSpec, policy: str) -> tuple[RunResult, float]:
+    return run_policy(spec, policy)
+
+
+def run_all(spec: BenchSpec, policies: Sequence[str], jobs: int, progress: bool) -> list[RunResult]:
+    if jobs <= 1 or len(policies) == 1:
+        return [run_policy(spec, p, show_progress=progress)[0] for p in policies]
+    results: dict[str, RunResult] = {}
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = {p: pool.submit(_run_policy_job, spec, p) for p in policies}
+        if progress:
+            from tqdm import tqdm
+
+            with tqdm(total=len(policies), desc="policies", unit="run") as bar:
+                for p, future in futures.items():
+                    results[p] = future.result()[0]
+                    bar.update(1)
+        else:
+            results = {p: f.result()[0] for p, f in futures.items()}
+    return [results[p] for p in policies]
+
+
+def change(value: float, base: float) -> float:
+    if base == 0 or math.isnan(base) or math.isnan(value):
+        return math.nan
+    return (value - base) / base
+
+
+def format_table(summaries: dict[str, dict[str, float]], baseline: str | None) -> str:
+    policies = list(summaries)
+    header = "| metric | " + " | ".join(policies) + " |"
+    lines = [header, "|---" * (len(policies) + 1) + "|"]
+    for label, key, _higher, fmt in COLUMNS:
+        cells = []
+        for p in policies:
+            value = summaries[p][key]
+            cell = "n/a" if math.isnan(value) else fmt.format(value)
+            if baseline and p != baseline:
+                delta = change(value, summaries[baseline][key])
+                if not math.isnan(delta):
+                    cell += f" ({delta:+.1%})"
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(
+    out: Path,
+    results: list[RunResult],
+    summaries: dict[str, dict[str, float]],
+    meta: dict[str, Any],
+    table: str,
+    plots: bool,
+) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "table.md", out / "results.json"]
+    (out / "table.md").write_text(f"Command: `{meta['command']}`\n\n{table}\n")
+    payload = {
+        **meta,
+        "results": summaries,
+        "wall_s": {r.policy: round(r.wall_s, 2) for r in results},
+    }
+    (out / "results.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    if plots:
+        from llmlb_fast.sim.plots import plot_load, plot_ttft_cdf
+
+        written.append(plot_ttft_cdf(results, out / "ttft_cdf.png"))
+        written.append(plot_load(results, out / "node_load.png"))
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        profiles = dict(PROFILES)
+        if args.profiles:
+            profiles.update(load_profiles(args.profiles))
+        cluster = tuple(profiles[name] for name in parse_cluster(args.cluster, profiles))
+        policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+        unknown = [p for p in policies if p not in POLICIES]
+        if unknown or not policies:
+            raise ValueError(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
+        router_options = parse_router_options(args.router_option)
+        if args.workload == "trace" and not args.trace and not Path(DEFAULT_TRACE).exists():
+            raise ValueError("--workload trace needs --trace FILE (the default trace is absent)")
+        spec = BenchSpec(vars(args).copy(), cluster, router_options)
+        spec.args.pop("run", None)
+        build_workload(spec.args)  # bad workload settings fail here, not in a worker
+    except (ValueError, OSError) as e:
+        print(f"llmlb bench: {e}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    results = run_all(spec, policies, args.jobs, progress=not args.no_progress)
+    summaries = {r.policy: summarize(r) for r in results}
+    baseline = "round_robin" if "round_robin" in summaries else None
+    table = format_table(summaries, baseline)
+    command = "llmlb bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    meta = {
+        "command": command,
+        "workload": build_workload(spec.args).describe(),
+        "cluster": [p.describe() for p in cluster],
+        "router_options": router_options,
+        "settings": {
+            k: spec.args[k] for k in ("duration", "warmup", "timeout", "monitor_interval", "seed")
+        },
+    }
+    print(table)
+    print(f"\n{len(results)} runs in {time.perf_counter() - started:.1f} s wall time")
+    if args.out:
+        for path in write_outputs(
+            Path(args.out), results, summaries, meta, table, plots=not args.no_plots
+        ):
+            print(f"wrote {path}")
+    return 0

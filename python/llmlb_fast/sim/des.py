@@ -1,0 +1,356 @@
+"""Discrete-event mode: a workload against simulated nodes in virtual time, routed by the
+real Rust core (``Router(..., manual_clock=True)``) in process.
+
+Each routing decision is made by ``Router.route`` at the request's arrival time; each
+request is released with ``Router.complete`` when it finishes or times out; every
+``monitor_interval_s`` each node reports what a vLLM engine and an NVML agent would
+(KV usage and capacity, running and waiting requests, SM and memory-bandwidth use)
+through ``Router.update_metrics``. Runs are deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+from llmlb_fast import Node, Router, RouterConfig
+from llmlb_fast.sim.engine import Engine, EventKind, SimRequest
+from llmlb_fast.sim.profiles import HardwareProfile
+from llmlb_fast.sim.workloads import WorkItem, Workload
+
+_ARRIVAL, _NODE, _DEADLINE, _MONITOR = 0, 1, 2, 3
+
+
+@dataclass
+class RequestRecord:
+    arrival_s: float
+    node: int
+    prompt_tokens: int
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    ttft_s: float | None = None
+    finish_s: float | None = None
+    outcome: str = "pending"  # ok | timeout | rejected | pending (still running at the end)
+    preemptions: int = 0
+
+
+@dataclass
+class NodeSample:
+    time_s: float
+    node: int
+    running: int
+    waiting: int
+    kv_usage: float
+    gpu_memory_util: float
+    sm_util: float
+    bandwidth_util: float
+
+
+@dataclass
+class RunResult:
+    policy: str
+    node_ids: list[str]
+    profiles: list[str]
+    duration_s: float
+    warmup_s: float
+    requests: list[RequestRecord] = field(default_factory=list)
+    samples: list[NodeSample] = field(default_factory=list)
+    preemptions: int = 0
+    wall_s: float = 0.0
+
+
+def router_node(node_id: str, profile: HardwareProfile) -> Node:
+    """What an operator would declare about a node of this profile."""
+    return Node(
+        node_id,
+        f"sim://{node_id}",
+        peak_tflops=profile.gpus * profile.gpu_tflops,
+        gpu_memory_bytes=int(profile.total_memory_bytes),
+        prefill_tokens_per_s=profile.prefill_tokens_per_s,
+        kv_capacity_tokens=profile.kv_capacity_tokens,
+        labels={"profile": profile.name},
+    )
+
+
+class Simulation:
+    """One run: one policy, one cluster, one workload."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        cluster: Sequence[HardwareProfile],
+        *,
+        policy: str = "llmlb",
+        config: RouterConfig | None = None,
+        duration_s: float = 7200.0,
+        warmup_s: float = 0.0,
+        timeout_s: float = 10.0,
+        monitor_interval_s: float = 1.0,
+        sample_interval_s: float = 5.0,
+        seed: int = 0,
+    ) -> None:
+        if not cluster:
+            raise ValueError("the cluster needs at least one node")
+        if duration_s <= 0 or monitor_interval_s <= 0 or timeout_s <= 0:
+            raise ValueError("duration_s, monitor_interval_s and timeout_s must be > 0")
+        self.workload = workload
+        self.node_ids = [f"node-{i}" for i in range(len(cluster))]
+        self.engines = [
+            Engine(p, node_id=nid) for p, nid in zip(cluster, self.node_ids, strict=True)
+        ]
+        base = config.to_dict() if config is not None else {}
+        base.update(policy=policy, seed=seed)
+        self.router = Router(
+            RouterConfig(**base),  # type: ignore[arg-type]
+            [router_node(nid, p) for nid, p in zip(self.node_ids, cluster, strict=True)],
+            manual_clock=True,
+        )
+        self.node_index = {nid: i for i, nid in enumerate(self.node_ids)}
+        self.duration_s = duration_s
+        self.warmup_s = warmup_s
+        self.timeout_s = timeout_s
+        self.monitor_interval_s = monitor_interval_s
+        self.sample_every = max(1, round(sample_interval_s / monitor_interval_s))
+        self.result = RunResult(
+            policy=policy,
+            node_ids=self.node_ids,
+            profiles=[p.name for p in cluster],
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+        )
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._seq = 0
+        self._scheduled: list[float | None] = [None] * len(self.engines)
+        self._versions = [0] * len(self.engines)
+        self._records: dict[str, RequestRecord] = {}
+        self._items: dict[str, WorkItem] = {}
+        self._last_counters = [(0.0, 0.0)] * len(self.engines)
+        self._monitor_ticks = 0
+        self._pending_arrivals = 0
+
+    def _push(self, time_s: float, kind: int, payload: object) -> None:
+        self._seq += 1
+        if kind == _ARRIVAL:
+            self._pending_arrivals += 1
+        heapq.heappush(self._heap, (time_s, self._seq, kind, payload))
+
+    def run(self, progress: Callable[[float], None] | None = None) -> RunResult:
+        """Runs until the workload is drained or ``duration_s`` has passed."""
+        # The run allocates millions of small acyclic objects: the cycle collector would
+        # rescan them all again and again for nothing.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(progress)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _run(self, progress: Callable[[float], None] | None) -> RunResult:
+        for item in self.workload.start():
+            self._push(item.arrival_s, _ARRIVAL, item)
+        self._push(0.0, _MONITOR, None)
+        end = self.duration_s
+        last_progress = 0.0
+        heap = self._heap
+        while heap:
+            time_s, _, kind, payload = heapq.heappop(heap)
+            if time_s > end:
+                break
+            if kind == _NODE:
+                node, version = cast(tuple[int, int], payload)
+                if version == self._versions[node]:
+                    self._scheduled[node] = None
+                    self._on_node(node, time_s)
+            elif kind == _ARRIVAL:
+                self._pending_arrivals -= 1
+                self._on_arrival(cast(WorkItem, payload), time_s)
+            elif kind == _DEADLINE:
+                self._on_deadline(cast(tuple[int, SimRequest], payload), time_s)
+            else:
+                self._on_monitor(time_s)
+                if self._idle():
+                    break
+                self._push(time_s + self.monitor_interval_s, _MONITOR, None)
+            if progress is not None and time_s - last_progress >= 10.0:
+                progress(time_s - last_progress)
+                last_progress = time_s
+        if progress is not None:
+            progress(max(0.0, min(end, self.duration_s) - last_progress))
+        self.result.requests = list(self._records.values())
+        self.result.preemptions = sum(e.counters.preemptions for e in self.engines)
+        return self.result
+
+    def _idle(self) -> bool:
+        return self._pending_arrivals == 0 and all(s is None for s in self._scheduled)
+
+    def _reschedule(self, node: int) -> None:
+        nxt = self.engines[node].next_time()
+        if nxt != self._scheduled[node]:
+            self._scheduled[node] = nxt
+            self._versions[node] += 1
+            if nxt is not None:
+                self._push(nxt, _NODE, (node, self._versions[node]))
+
+    def _on_arrival(self, item: WorkItem, now: float) -> None:
+        router = self.router
+        router.set_time(now)
+        tokens, block_keys = self.workload.materialize(item)
+        decision = router.route(
+            token_ids=tokens,
+            request_id=item.request_id,
+            expected_output_tokens=item.output_tokens,
+        )
+        node = self.node_index[decision.node_id]
+        item.tokens = item.block_keys = None  # routed: the engine holds what it needs
+        request = SimRequest(
+            request_id=item.request_id,
+            prompt_tokens=len(tokens),
+            output_tokens=item.output_tokens,
+            block_keys=block_keys,
+            arrival_s=now,
+            deadline_s=now + self.timeout_s,
+        )
+        record = RequestRecord(arrival_s=now, node=node, prompt_tokens=len(tokens))
+        self._records[item.request_id] = record
+        self._items[item.request_id] = item
+        try:
+            self.engines[node].submit(request, now)
+        except ValueError:
+            record.outcome = "rejected"
+            router.complete(item.request_id, "error")
+            self._follow_up(item, now, ok=False)
+            return
+        self._reschedule(node)
+        self._push(request.deadline_s, _DEADLINE, (node, request))
+
+    def _on_node(self, node: int, now: float) -> None:
+        events = self.engines[node].advance(now)
+        self._reschedule(node)
+        for event in events:
+            if event.kind is EventKind.FINISHED:
+                self._finish(event.request, now, "ok")
+
+    def _on_deadline(self, payload: tuple[int, SimRequest], now: float) -> None:
+        node, request = payload
+        if self.engines[node].cancel(request, now):
+            self._reschedule(node)
+            self._finish(request, now, "timeout")
+
+    def _finish(self, request: SimRequest, now: float, outcome: str) -> None:
+        record = self._records[request.request_id]
+        record.outcome = outcome
+        record.finish_s = now
+        record.ttft_s = request.ttft_s
+        record.cached_tokens = request.cached_tokens
+        record.preemptions = request.preemptions
+        ok = outcome == "ok"
+        record.output_tokens = request.output_tokens if ok else 0
+        self.router.set_time(now)
+        self.router.complete(
+            request.request_id,
+            outcome,
+            ttft_s=request.ttft_s,
+            tokens_in=request.prompt_tokens,
+            tokens_out=record.output_tokens,
+        )
+        item = self._items.pop(request.request_id)
+        self._follow_up(item, now, ok=ok)
+
+    def _follow_up(self, item: WorkItem, now: float, *, ok: bool) -> None:
+        for nxt in self.workload.on_done(item, now, ok):
+            self._push(max(nxt.arrival_s, now), _ARRIVAL, nxt)
+
+    def _on_monitor(self, now: float) -> None:
+        router = self.router
+        router.set_time(now)
+        self._monitor_ticks += 1
+        sample = self._monitor_ticks % self.sample_every == 0
+        for i, engine in enumerate(self.engines):
+            snap = engine.snapshot(now)
+            profile = engine.profile
+            busy, read = engine.activity(now)
+            last_busy, last_read = self._last_counters[i]
+            self._last_counters[i] = (busy, read)
+            interval = self.monitor_interval_s
+            sm = min(1.0, max(0.0, (busy - last_busy) / interval))
+            bandwidth = min(1.0, (read - last_read) / (interval * profile.bandwidth_bytes_per_s))
+            total = profile.total_memory_bytes
+            router.update_metrics(
+                self.node_ids[i],
+                # vLLM pre-allocates its KV pool, so NVML sees a constant footprint.
+                gpu_memory_used_bytes=total * profile.gpu_memory_utilization,
+                gpu_memory_total_bytes=total,
+                kv_cache_memory_bytes=snap.kv_cache_memory_bytes,
+                compute_memory_bytes=profile.static_memory_bytes,
+                kv_cache_usage=snap.kv_usage,
+                sm_utilization=sm,
+                mem_bandwidth_utilization=bandwidth,
+                num_requests_running=snap.running,
+                num_requests_waiting=snap.waiting,
+                kv_capacity_tokens=profile.kv_capacity_tokens,
+            )
+            if sample:
+                self.result.samples.append(
+                    NodeSample(
+                        time_s=now,
+                        node=i,
+                        running=snap.running,
+                        waiting=snap.waiting,
+                        kv_usage=snap.kv_usage,
+                        gpu_memory_util=snap.gpu_memory_used_bytes / total,
+                        sm_util=sm,
+                        bandwidth_util=bandwidth,
+                    )
+                )
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summarize(result: RunResult) -> dict[str, float]:
+    """The article's table row for one run (requests arriving after warm-up)."""
+    window_start = result.warmup_s
+    window = max(result.duration_s - window_start, 1e-9)
+    measured = [r for r in result.requests if r.arrival_s >= window_start]
+    done = [r for r in measured if r.outcome == "ok" and r.finish_s is not None]
+    done_in_window = [r for r in done if r.finish_s is not None and r.finish_s <= result.duration_s]
+    timeouts = sum(1 for r in measured if r.outcome == "timeout")
+    failed = sum(1 for r in measured if r.outcome == "rejected")
+    settled = len(done) + timeouts + failed
+    ttfts = [r.ttft_s for r in done if r.ttft_s is not None]
+    prompt = sum(r.prompt_tokens for r in measured if r.outcome != "rejected")
+    cached = sum(r.cached_tokens for r in measured if r.outcome != "rejected")
+    samples = [s for s in result.samples if s.time_s >= window_start]
+    per_node = [0] * len(result.node_ids)
+    for r in measured:
+        per_node[r.node] += 1
+    mean_node = sum(per_node) / len(per_node) if per_node else 0.0
+    return {
+        "requests": float(len(measured)),
+        "ttft_p50_ms": percentile(ttfts, 50) * 1e3,
+        "ttft_p95_ms": percentile(ttfts, 95) * 1e3,
+        "ttft_p99_ms": percentile(ttfts, 99) * 1e3,
+        "qps": len(done_in_window) / window,
+        "output_tokens_per_s": sum(r.output_tokens for r in done_in_window) / window,
+        "gpu_memory_util": _mean([s.gpu_memory_util for s in samples]),
+        "kv_usage": _mean([s.kv_usage for s in samples]),
+        "timeout_rate": timeouts / settled if settled else math.nan,
+        "kv_hit_rate": cached / prompt if prompt else math.nan,
+        "preemptions": float(result.preemptions),
+        "max_over_mean_node_requests": max(per_node) / mean_node if mean_node else math.nan,
+    }
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan

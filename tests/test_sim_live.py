@@ -1,0 +1,98 @@
+"""Live mode: a simulated node as a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+from llmlb_fast.sim.live import SimNode, text_to_tokens
+from llmlb_fast.sim.profiles import PROFILES
+
+SYSTEM = "You are the assistant of a bookshop. Answer politely and concisely. " * 20
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def stream_chat(session: aiohttp.ClientSession, url: str, question: str) -> list[dict]:
+    body = {
+        "model": "llama-3-70b",
+        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+        "max_tokens": 40,
+        "stream": True,
+    }
+    chunks = []
+    async with session.post(f"{url}/v1/chat/completions", json=body) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        async for raw in response.content:
+            line = raw.decode().strip()
+            if not line:
+                continue
+            assert line.startswith("data: ")
+            payload = line.removeprefix("data: ")
+            if payload == "[DONE]":
+                chunks.append({"done": True})
+                break
+            chunks.append(json.loads(payload))
+    return chunks
+
+
+async def scenario() -> None:
+    reports: list[tuple[str, dict[str, float]]] = []
+    node = SimNode(
+        PROFILES["h100x4"],
+        node_id="n0",
+        dilation=20.0,
+        report_interval_s=1.0,
+        on_metrics=lambda node_id, figures: reports.append((node_id, figures)),
+    )
+    await node.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{node.url}/health") as r:
+                assert r.status == 200
+            async with session.get(f"{node.url}/v1/models") as r:
+                assert (await r.json())["data"][0]["id"] == "llama-3-70b"
+
+            chunks = await stream_chat(session, node.url, "Where is my order?")
+            assert chunks[-1] == {"done": True}
+            text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1])
+            assert text.split() == ["tok"] * 40
+            assert len(chunks) >= 3  # streamed in pieces, not one blob
+            assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+
+            # Same system prompt again: its blocks are cached on this node.
+            await stream_chat(session, node.url, "Do you ship to Canada?")
+            async with session.get(f"{node.url}/metrics") as r:
+                scraped = await r.text()
+            queries = metric(scraped, "vllm:prefix_cache_queries_total")
+            hits = metric(scraped, "vllm:prefix_cache_hits_total")
+            prompt = len(text_to_tokens(f"<|system|>{SYSTEM}<|user|>Where is my order?"))
+            assert queries >= 2 * prompt - 16
+            assert hits >= (len(text_to_tokens(SYSTEM)) // 16 - 1) * 16
+            assert metric(scraped, "vllm:time_to_first_token_seconds_count") == 2
+            assert metric(scraped, "vllm:num_requests_running") == 0
+            assert "vllm:kv_cache_usage_perc" in scraped
+
+            async with session.post(f"{node.url}/v1/completions", json={"prompt": 5}) as r:
+                assert r.status == 400
+                assert "prompt" in (await r.json())["error"]["message"]
+            body = {"prompt": "Hello there", "max_tokens": 3}
+            async with session.post(f"{node.url}/v1/completions", json=body) as r:
+                done = await r.json()
+                assert done["usage"]["completion_tokens"] == 3
+        await asyncio.sleep(0.1)  # two report intervals at 20x
+        assert reports and reports[-1][0] == "n0"
+        assert reports[-1][1]["kv_capacity_tokens"] == PROFILES["h100x4"].kv_capacity_tokens
+    finally:
+        await node.stop()
+
+
+def test_stream_a_completion_and_scrape_metrics() -> None:
+    asyncio.run(asyncio.wait_for(scenario(), timeout=60))
