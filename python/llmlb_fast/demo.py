@@ -1,24 +1,30 @@
-"""``llmlb demo``: the routing core on a built-in example cluster and chat workload.
+"""``llmlb demo``: the README's first command.
 
-Routes the same chat traffic (sessions sharing system prompts, with growing histories)
-through every policy on the real Rust core, and prints how each one spreads load and
-how much of the prompts the chosen nodes already had cached. Request durations are
-virtual (a fixed number of routing steps), so this shows routing behaviour, not latency.
+Runs the article's benchmark in miniature: chat sessions sharing system prompts, on a
+simulated cluster of two 4xH100 and two 4xA100 nodes (discrete-event mode, the real
+Rust core deciding every request), once per policy, and prints the article's table
+against round robin. Then it shows why the core made one decision.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import time
-from collections import Counter
-from dataclasses import dataclass
 
-from tqdm import tqdm
+from llmlb_fast import Node, Router, RouterConfig, bench
 
-from llmlb_fast import POLICIES, Node, Router, RouterConfig
+HELP = "Compare every routing policy on a small simulated GPU cluster (about a minute)."
 
-HELP = "Route example chat traffic through every policy and compare them."
+# A 10-minute simulated chat scenario on 4 nodes: about a minute of wall time.
+BENCH_SETTINGS = {
+    "--workload": "chat",
+    "--cluster": "h100x4:2,a100x4:2",
+    "--sessions": "16",
+    "--duration": "600",
+    "--warmup": "60",
+    "--jobs": "2",
+}
+BENCH_ARGS = [part for setting in BENCH_SETTINGS.items() for part in setting]
 
 PRODUCTS = ["bookshop", "bank", "airline", "code review", "travel agency", "clinic"]
 SYSTEM_PROMPTS = [
@@ -48,15 +54,6 @@ def example_nodes() -> list[Node]:
     ]
 
 
-@dataclass
-class PolicyResult:
-    policy: str
-    share_by_node: dict[str, float]
-    block_hit_rate: float
-    max_over_mean: float
-    route_us: float
-
-
 def chat_workload(requests: int, sessions: int, seed: int) -> list[str]:
     """Prompts of interleaved chat sessions; each turn resends the whole history."""
     rng = random.Random(seed)
@@ -68,32 +65,6 @@ def chat_workload(requests: int, sessions: int, seed: int) -> list[str]:
         histories[s] += f"\nUser: {rng.choice(USER_TURNS)}\nAssistant: {answer}"
         prompts.append(histories[s])
     return prompts
-
-
-def run_policy(policy: str, prompts: list[str], concurrency: int) -> PolicyResult:
-    router = Router(RouterConfig(policy=policy), example_nodes(), manual_clock=True)
-    in_flight: list[str] = []
-    counts: Counter[str] = Counter()
-    started = time.perf_counter()
-    for step, prompt in enumerate(prompts):
-        router.set_time(step * 0.05)
-        decision = router.route(prompt, expected_output_tokens=200)
-        counts[decision.node_id] += 1
-        in_flight.append(decision.request_id)
-        if len(in_flight) >= concurrency:
-            router.complete(in_flight.pop(0), ttft_s=0.1, tokens_out=200)
-    elapsed = time.perf_counter() - started
-    index = router.stats()["prefix_index"]
-    assert isinstance(index, dict)
-    total = sum(counts.values())
-    mean = total / len(router.nodes())
-    return PolicyResult(
-        policy=policy,
-        share_by_node={n.id: counts[n.id] / total for n in router.nodes()},
-        block_hit_rate=float(index["block_hit_rate"]),
-        max_over_mean=max(counts.values()) / mean,
-        route_us=elapsed / len(prompts) * 1e6,
-    )
 
 
 def explain_one(prompts: list[str]) -> str:
@@ -115,39 +86,21 @@ def explain_one(prompts: list[str]) -> str:
     return "\n".join(lines)
 
 
-def format_table(results: list[PolicyResult]) -> str:
-    nodes = list(results[0].share_by_node)
-    header = f"{'policy':15} {'KV hit':>7} {'max/mean':>9} {'route us':>9}  " + "  ".join(
-        f"{n:>7}" for n in nodes
-    )
-    rows = [header, "-" * len(header)]
-    for r in results:
-        shares = "  ".join(f"{r.share_by_node[n]:7.1%}" for n in nodes)
-        rows.append(
-            f"{r.policy:15} {r.block_hit_rate:7.1%} {r.max_over_mean:9.2f} "
-            f"{r.route_us:9.1f}  {shares}"
-        )
-    return "\n".join(rows)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--requests", type=int, default=2000, help="requests to route")
-    parser.add_argument("--sessions", type=int, default=24, help="concurrent chat sessions")
-    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
-    parser.add_argument("--seed", type=int, default=7, help="workload seed")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (for logs and CI)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    prompts = chat_workload(args.requests, args.sessions, args.seed)
-    results = [
-        run_policy(policy, prompts, args.concurrency)
-        for policy in tqdm(POLICIES, desc="policies", unit="policy")
-    ]
-    print(f"\n{args.requests} chat requests, {args.sessions} sessions, 4 example nodes\n")
-    print(format_table(results))
-    print("\nKV hit: share of prompt blocks the chosen node already held.")
-    print("max/mean: requests on the busiest node over the mean (1.00 = even).")
-    print("H100 nodes have 3.2x the FLOPS of A100 nodes, so an even split is not ideal.\n")
-    print("Why one decision was made (llmlb policy):")
-    print(explain_one(prompts))
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    bench_args = parser.parse_args(BENCH_ARGS + (["--no-progress"] if args.no_progress else []))
+    print("Simulated chat traffic on 2x(4xH100) + 2x(4xA100) nodes, 70B FP16, every policy:\n")
+    code = bench.run(bench_args)
+    if code != 0:
+        return code
+    print("\nThe full-size runs and how to reproduce them: docs/benchmark.md.\n")
+    print("Why the core made one decision (llmlb policy, example chat prompts):")
+    print(explain_one(chat_workload(requests=60, sessions=8, seed=7)))
     return 0
