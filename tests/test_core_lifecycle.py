@@ -188,4 +188,6 @@ def test_invalid_config_is_refused_and_the_old_one_stays(make_router: RouterFact
 def test_config_round_trips_through_a_dict() -> None:
     config = RouterConfig(policy="gpu_aware", weights={"gpu": 2.0}, seed=3)
     assert RouterConfig(**config.to_dict()) == config  # type: ignore[arg-type]
-    assert config.weights == {"load": 0.25, "prefix": 1.0, "gpu": 2.0}, "unset weights keep defaults"
+    assert config.weights == {"load": 0.25, "prefix": 1.0, "gpu": 2.0}, (
+        "unset weights keep defaults"
+    )
