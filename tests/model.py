@@ -19,6 +19,7 @@ import xxhash
 HASH_SEED = 0x006C_6C6D_6C62  # the ASCII bytes of "llmlb"
 DECODE_TOKENS_PER_RUNNING = 64.0
 PCIE_FULL_BYTES_PER_S = 64e9
+MEMORY_KNEE = 0.8
 PREFILL_TOKENS_PER_TFLOPS = 3.0
 GPU_AWARE_PRESSURE_SCALE = 2.0
 EXPIRY_SWEEP_INTERVAL_S = 1.0
@@ -75,6 +76,7 @@ class NodeModel:
     consecutive_failures: int = 0
     metrics: dict[str, float] | None = None
     metrics_ns: int = 0
+    metrics_in_flight: int = 0
     backlog_tokens: int = 0
     backlog_ms: int = 0
     blocks: set[int] = field(default_factory=set)
@@ -157,7 +159,8 @@ def build_candidates(
         m = node.metrics
         if m is not None and now_ns - node.metrics_ns <= ttl_ns:
             engine = m.get("num_requests_running", 0.0) + m.get("num_requests_waiting", 0.0)
-            c.load = max(c.load, engine)
+            routed_since = float(node.in_flight) - float(node.metrics_in_flight)
+            c.load = max(c.load, engine + routed_since)
             c.memory_pressure = memory_pressure(m, node.gpu_memory_bytes)
             c.sm = m.get("sm_utilization")
             c.bw = m.get("mem_bandwidth_utilization")
@@ -188,8 +191,8 @@ def mean_memory_pressure(cands: Sequence[Cand]) -> float:
 
 def least_request_cost(c: Cand, mean_pressure: float) -> float:
     pressure = c.memory_pressure if c.memory_pressure is not None else mean_pressure
-    free = 1.0 - pressure
-    return (c.load + 1.0) / (c.capability * (0.25 + 0.75 * free))
+    headroom = min(max((1.0 - pressure) / (1.0 - MEMORY_KNEE), 0.05), 1.0)
+    return (c.load + 1.0) / (c.capability * headroom)
 
 
 def gpu_pressure(c: Cand, decode_share: float) -> float:
@@ -356,6 +359,7 @@ class RouterModel:
     def update_metrics(self, node_id: str, metrics: dict[str, float]) -> None:
         node = self.node(node_id)
         node.metrics, node.metrics_ns = dict(metrics), self.now_ns
+        node.metrics_in_flight = node.in_flight
 
     def set_time(self, seconds: float) -> None:
         self.now_ns = max(self.now_ns, secs_to_ns(seconds))

@@ -71,6 +71,28 @@ def test_least_request_weighs_capability_and_free_memory(make_router: RouterFact
     assert big_score > small_score
 
 
+def test_least_request_ignores_memory_below_the_knee(make_router: RouterFactory) -> None:
+    router = make_router(["a", "b"], policy="least_request")
+    router.update_metrics("a", kv_cache_usage=0.2)
+    router.update_metrics("b", kv_cache_usage=0.7)
+    first = router.route(None)
+    scores = {c.node_id: c.score for c in first.candidates}
+    assert scores["a"] == scores["b"], "both below 80% use: memory does not tilt the choice"
+    router.complete(first.request_id)
+    router.update_metrics("b", kv_cache_usage=0.9)
+    scores = {c.node_id: c.score for c in router.route(None).candidates}
+    assert scores["b"] == pytest.approx(2 * scores["a"]), "90% use halves the capacity"
+
+
+def test_engine_counts_move_forward_by_what_was_routed_since(make_router: RouterFactory) -> None:
+    router = make_router(["a", "b"], policy="least_request")
+    router.update_metrics("a", num_requests_running=10.0)  # other routers' requests on a
+    for _ in range(3):
+        router.route(None, exclude=["b"])
+    loads = {c.node_id: c.load for c in router.route(None).candidates}
+    assert loads == {"a": 13.0, "b": 0.0}, "the 10 reported plus the 3 routed after the report"
+
+
 def test_gpu_aware_skips_a_saturated_node(make_router: RouterFactory) -> None:
     router = make_router(["hot", "cool"], policy="gpu_aware", memory_saturation_threshold=0.95)
     router.update_metrics("hot", kv_cache_usage=0.97)

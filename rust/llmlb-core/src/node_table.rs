@@ -172,6 +172,9 @@ impl GpuMetrics {
 #[derive(Debug, Clone)]
 pub struct TimedMetrics {
     pub received_ns: u64,
+    /// This router's in-flight count on the node when the report arrived, so the
+    /// engine's (older) queue figures can be moved forward by what routed since.
+    pub in_flight_at_report: u32,
     pub metrics: GpuMetrics,
 }
 
@@ -336,6 +339,7 @@ impl NodeLive {
         }
         self.metrics.store(Some(Arc::new(TimedMetrics {
             received_ns: now_ns,
+            in_flight_at_report: self.in_flight(),
             metrics,
         })));
     }
@@ -346,11 +350,11 @@ impl NodeLive {
         &self,
         now_ns: u64,
         ttl_ns: u64,
-        read: impl FnOnce(&GpuMetrics) -> R,
+        read: impl FnOnce(&TimedMetrics) -> R,
     ) -> Option<R> {
         let guard = self.metrics.load();
         let timed = guard.as_ref()?;
-        (now_ns.saturating_sub(timed.received_ns) <= ttl_ns).then(|| read(&timed.metrics))
+        (now_ns.saturating_sub(timed.received_ns) <= ttl_ns).then(|| read(timed))
     }
 
     pub fn has_fresh_metrics(&self, now_ns: u64, ttl_ns: u64) -> bool {

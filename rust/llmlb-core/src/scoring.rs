@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::{RouterConfig, Weights};
-use crate::node_table::{BreakerState, GpuMetrics, NodeEntry};
+use crate::node_table::{BreakerState, NodeEntry, TimedMetrics};
 use crate::prefix_index::PrefixMatch;
 
 /// Decode work of one running request, in prefill-token equivalents: with continuous
@@ -113,10 +113,15 @@ pub fn build_candidates<'a>(
         .collect()
 }
 
-/// Folds a fresh GPU report into the candidate's figures.
-fn apply_metrics(candidate: &mut Candidate<'_>, m: &GpuMetrics) {
-    let engine_load = m.num_requests_running.unwrap_or(0.0) + m.num_requests_waiting.unwrap_or(0.0);
-    candidate.load = candidate.load.max(engine_load);
+/// Folds a fresh GPU report into the candidate's figures. The engine's running + waiting
+/// count (which sees other routers' requests too) is up to a report interval old: it is
+/// moved forward by this router's own change in flight since, or every router would
+/// pile onto the node that looked idle in the last report.
+fn apply_metrics(candidate: &mut Candidate<'_>, timed: &TimedMetrics) {
+    let m = &timed.metrics;
+    let reported = m.num_requests_running.unwrap_or(0.0) + m.num_requests_waiting.unwrap_or(0.0);
+    let routed_since = candidate.in_flight as f64 - timed.in_flight_at_report as f64;
+    candidate.load = candidate.load.max(reported + routed_since);
     candidate.memory_pressure = m.memory_pressure(candidate.node.spec.gpu_memory_bytes);
     candidate.sm_utilization = m.sm_utilization;
     candidate.bandwidth_utilization = m.mem_bandwidth_utilization;
@@ -185,10 +190,18 @@ pub fn mean_memory_pressure(candidates: &[Candidate<'_>]) -> f64 {
     }
 }
 
-/// R1: in-flight load normalised by capability and free GPU memory.
+/// Memory use below which free memory does not change a node's capacity.
+pub const MEMORY_KNEE: f64 = 0.8;
+
+/// R1: in-flight load normalised by capability and free GPU memory. Free memory only
+/// counts above [`MEMORY_KNEE`] (capacity halves at 90% use, quarters at 95%): engines
+/// run fine until their KV cache nears full, and scaling every node by its free memory
+/// made all traffic chase whichever node looked emptiest in the last (up to a second
+/// old) report.
 pub fn least_request_cost(c: &Candidate<'_>, mean_pressure: f64) -> f64 {
-    let free = 1.0 - c.memory_pressure.unwrap_or(mean_pressure);
-    (c.load + 1.0) / (c.capability * (0.25 + 0.75 * free))
+    let pressure = c.memory_pressure.unwrap_or(mean_pressure);
+    let headroom = ((1.0 - pressure) / (1.0 - MEMORY_KNEE)).clamp(0.05, 1.0);
+    (c.load + 1.0) / (c.capability * headroom)
 }
 
 /// R3: GPU pressure in [0, 1.25]; decode-heavy requests weigh memory bandwidth more,
