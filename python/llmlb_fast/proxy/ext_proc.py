@@ -45,12 +45,12 @@ from llmlb_fast.proxy.errors import (
     unknown_model,
 )
 from llmlb_fast.proxy.forward import (
+    Hooks,
     OnComplete,
     OnRoute,
     OnTimeout,
     OnTtft,
     PickPolicy,
-    call_hook,
 )
 from llmlb_fast.proxy.metering import ResponseMeter
 from llmlb_fast.proxy.routing_key import CHAT_PATH, RoutingKey, parse_body, routing_key
@@ -171,9 +171,7 @@ class Exchange:
         respond: Callable[[pb.CommonResponse], pb.ProcessingResponse],
     ) -> pb.ProcessingResponse:
         picker = self._picker
-        policy = None
-        if picker.pick_policy is not None:
-            policy = picker.pick_policy(self._headers.get("x-session-id"))
+        policy = picker.hooks.policy_for(self._headers.get("x-session-id"))
         started = time.perf_counter()
         try:
             decision = picker.router.route(
@@ -192,8 +190,7 @@ class Exchange:
             return immediate(invalid_request(str(exc)))
         self._decision = decision
         self._routed_at = time.perf_counter()
-        if picker.on_route is not None:
-            call_hook(picker.on_route, decision, self._routed_at - started)
+        picker.hooks.routed(decision, self._routed_at - started)
         endpoint = destination(decision.address)
         common = pb.CommonResponse(
             header_mutation=pb.HeaderMutation(
@@ -271,11 +268,7 @@ class EndpointPicker:
     ) -> None:
         self.router = router
         self.settings = settings or ProxySettings()
-        self.on_complete = on_complete
-        self.on_timeout = on_timeout
-        self.pick_policy = pick_policy
-        self.on_route = on_route
-        self.on_ttft = on_ttft
+        self.hooks = Hooks(on_complete, on_timeout, pick_policy, on_route, on_ttft)
 
     async def Process(
         self,
@@ -305,12 +298,9 @@ class EndpointPicker:
         )
         if completion is None:
             return
-        if ttft_s is not None and self.on_ttft is not None:
-            call_hook(self.on_ttft, completion, ttft_s)
-        if self.on_complete is not None:
-            call_hook(self.on_complete, completion)
-        if outcome == "timeout" and self.on_timeout is not None:
-            call_hook(self.on_timeout, decision.node_id)
+        self.hooks.completed(completion, ttft_s)
+        if outcome == "timeout":
+            self.hooks.timed_out(decision.node_id)
 
 
 def add_to_server(picker: EndpointPicker, server: grpc.aio.Server) -> None:

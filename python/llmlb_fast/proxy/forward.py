@@ -67,6 +67,24 @@ class Hooks:
     on_route: OnRoute | None = None
     on_ttft: OnTtft | None = None
 
+    def policy_for(self, session_id: str | None) -> str | None:
+        """The canary's policy for this request, or None for the configured one."""
+        return None if self.pick_policy is None else self.pick_policy(session_id)
+
+    def routed(self, decision: RouteDecision, seconds: float) -> None:
+        if self.on_route is not None:
+            call_hook(self.on_route, decision, seconds)
+
+    def completed(self, completion: Completion, ttft_s: float | None) -> None:
+        if ttft_s is not None and self.on_ttft is not None:
+            call_hook(self.on_ttft, completion, ttft_s)
+        if self.on_complete is not None:
+            call_hook(self.on_complete, completion)
+
+    def timed_out(self, node_id: str) -> None:
+        if self.on_timeout is not None:
+            call_hook(self.on_timeout, node_id)
+
 
 class Migrated(Exception):
     """The attempt was cancelled by ``migrate``; route the request again."""
@@ -126,9 +144,7 @@ class Forwarder:
             return await self._relay(request, decision, response, first, sent_at)
 
     def _pick_policy(self, headers: Mapping[str, str]) -> str | None:
-        if self._hooks.pick_policy is None:
-            return None
-        return self._hooks.pick_policy(headers.get("x-session-id"))
+        return self._hooks.policy_for(headers.get("x-session-id"))
 
     def _route(self, key: RoutingKey, policy: str | None, failed: set[str]) -> RouteDecision:
         """Routes to a node this request has not failed on; once it has failed on every
@@ -157,8 +173,7 @@ class Forwarder:
             exclude=sorted(exclude) if exclude else None,
             policy=policy,
         )
-        if self._hooks.on_route is not None:
-            call_hook(self._hooks.on_route, decision, time.perf_counter() - started)
+        self._hooks.routed(decision, time.perf_counter() - started)
         return decision
 
     async def _first_byte(
@@ -277,15 +292,11 @@ class Forwarder:
         )
         if completion is None:
             return
-        if ttft_s is not None and self._hooks.on_ttft is not None:
-            call_hook(self._hooks.on_ttft, completion, ttft_s)
-        if self._hooks.on_complete is not None:
-            call_hook(self._hooks.on_complete, completion)
+        self._hooks.completed(completion, ttft_s)
 
     def _complete_timeout(self, decision: RouteDecision) -> None:
         self._complete(decision, "timeout")
-        if self._hooks.on_timeout is not None:
-            call_hook(self._hooks.on_timeout, decision.node_id)
+        self._hooks.timed_out(decision.node_id)
 
 
 def call_hook(hook: Callable[..., None], *arguments: object) -> None:
