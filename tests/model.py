@@ -13,6 +13,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import xxhash
 
@@ -118,6 +119,7 @@ class Cand:
     backlog: float
     matched: int
     memory_pressure: float | None = None
+    reported_memory_pressure: float | None = None
     sm: float | None = None
     bw: float | None = None
     pcie: float | None = None
@@ -141,6 +143,11 @@ def memory_pressure(m: dict[str, float], declared_total: int | None) -> float | 
     return min(max(used / total, 0.0), 1.0)
 
 
+def drifted(figure: float | None, drift: float) -> float | None:
+    """A load-driven figure moved forward by the load routed since the report."""
+    return None if figure is None else min(max(figure * drift, 0.0), 1.0)
+
+
 def build_candidates(
     nodes: Sequence[NodeModel], hashes: Sequence[int], config: Config, now_ns: int
 ) -> list[Cand]:
@@ -161,9 +168,17 @@ def build_candidates(
             engine = m.get("num_requests_running", 0.0) + m.get("num_requests_waiting", 0.0)
             routed_since = float(node.in_flight) - float(node.metrics_in_flight)
             c.load = max(c.load, engine + routed_since)
-            c.memory_pressure = memory_pressure(m, node.gpu_memory_bytes)
-            c.sm = m.get("sm_utilization")
-            c.bw = m.get("mem_bandwidth_utilization")
+            then = engine if engine > 0 else float(node.metrics_in_flight)
+            drift = min(max((c.load + 1.0) / (then + 1.0), 0.5), 2.0)
+            now = partial(drifted, drift=drift)
+            c.reported_memory_pressure = memory_pressure(m, node.gpu_memory_bytes)
+            c.memory_pressure = (
+                now(c.reported_memory_pressure)
+                if "kv_cache_usage" in m
+                else c.reported_memory_pressure
+            )
+            c.sm = now(m.get("sm_utilization"))
+            c.bw = now(m.get("mem_bandwidth_utilization"))
             tx, rx = m.get("pcie_tx_bytes_per_s"), m.get("pcie_rx_bytes_per_s")
             if tx is not None or rx is not None:
                 c.pcie = min(max(tx or 0.0, rx or 0.0) / PCIE_FULL_BYTES_PER_S, 1.0)
@@ -179,7 +194,8 @@ def skip_reason(c: Cand, config: Config) -> str | None:
         return "half_open_probe_in_use"
     if c.node.max_concurrency is not None and c.in_flight >= c.node.max_concurrency:
         return "at_max_concurrency"
-    if c.memory_pressure is not None and c.memory_pressure >= config.memory_saturation_threshold:
+    reported = c.reported_memory_pressure
+    if reported is not None and reported >= config.memory_saturation_threshold:
         return "gpu_memory_saturated"
     return None
 

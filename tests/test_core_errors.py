@@ -74,7 +74,10 @@ def test_routing_with_no_nodes(make_router: RouterFactory) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"prompt": "x", "token_ids": [1]}, InvalidInputError, "not both"),
+        ({"prompt": "x", "token_ids": [1]}, InvalidInputError, "one of prompt, token_ids"),
+        ({"token_ids": [1], "block_hashes": [1]}, InvalidInputError, "one of prompt"),
+        ({"token_ids": [1], "prompt_tokens": 1}, InvalidInputError, "goes with block_hashes"),
+        ({"block_hashes": [1, 2], "prompt_tokens": 31}, InvalidInputError, "cover 32 tokens"),
         ({"token_ids": [1, -1]}, InvalidInputError, r"token_ids\[1\] = -1"),
         ({"token_ids": [2**32]}, InvalidInputError, "token_ids"),
         ({"request_id": ""}, InvalidInputError, "request_id"),
@@ -99,6 +102,8 @@ def test_bad_route_arguments(
         {"prompt": b"bytes"},
         {"token_ids": "abc"},
         {"token_ids": [1.5]},
+        {"block_hashes": [-1]},
+        {"block_hashes": [2**64]},
         {"expected_output_tokens": -1},
         {"request_id": 7},
     ],

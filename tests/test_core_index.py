@@ -6,6 +6,7 @@ import struct
 
 import llmlb_fast
 import model
+import pytest
 from conftest import RouterFactory
 from llmlb_fast import Node
 
@@ -42,6 +43,34 @@ def test_token_ids_hash_as_little_endian_u32(make_router: RouterFactory) -> None
         "prefix_hit",
     )
     assert model.chain_hash_tokens(tokens, 2) == model.chain_hash_bytes(as_text.encode(), 8)
+
+
+def test_hash_token_blocks_is_the_model_chain_and_continues_from_a_parent() -> None:
+    tokens = list(range(100, 141))
+    whole = llmlb_fast.hash_token_blocks(tokens, block_size=8)
+    assert whole == model.chain_hash_tokens(tokens, 8) and len(whole) == 5
+    head = llmlb_fast.hash_token_blocks(tokens[:16], block_size=8)
+    assert head + llmlb_fast.hash_token_blocks(tokens[16:], block_size=8, parent=head[-1]) == whole
+    assert llmlb_fast.hash_token_blocks(range(100, 141), block_size=8) == whole
+    assert llmlb_fast.hash_token_blocks(range(140, 99, -1), block_size=8) == (
+        llmlb_fast.hash_token_blocks(tokens[::-1], block_size=8)
+    )
+    with pytest.raises(llmlb_fast.InvalidInputError, match="token id"):
+        llmlb_fast.hash_token_blocks(range(2**32 - 2, 2**32 + 20))
+
+
+def test_routing_by_block_hashes_matches_routing_by_token_ids(make_router: RouterFactory) -> None:
+    router = make_router(["a", "b", "c"], token_block_size=4, policy="prefix_aware")
+    tokens = list(range(1, 31))
+    by_tokens = router.route(token_ids=tokens)
+    hashes = llmlb_fast.hash_token_blocks(tokens[:20], block_size=4)
+    by_hashes = router.route(block_hashes=hashes, prompt_tokens=22)
+    assert (by_hashes.node_id, by_hashes.matched_blocks, by_hashes.prompt_tokens) == (
+        by_tokens.node_id,
+        5,
+        22,
+    )
+    assert router.route(block_hashes=hashes).prompt_tokens == 20, "defaults to whole blocks"
 
 
 def test_text_blocks_are_utf8_bytes(make_router: RouterFactory) -> None:

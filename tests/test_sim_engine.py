@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from llmlb_fast.sim.engine import Engine, EventKind, KVCache, RequestState, SimRequest
+from llmlb_fast._core import BlockCache
+from llmlb_fast.sim.engine import Engine, EventKind, RequestState, SimRequest
 from llmlb_fast.sim.profiles import (
     BLOCK_TOKENS,
     PROFILES,
@@ -18,8 +19,9 @@ from llmlb_fast.sim.profiles import (
 H100 = PROFILES["h100x4"]
 
 
-def keys(prefix: str, n: int) -> list[tuple[str, int]]:
-    return [(prefix, i) for i in range(n)]
+def keys(prefix: str, n: int) -> list[int]:
+    """``n`` chain keys of a prefix named ``prefix`` (distinct names, distinct keys)."""
+    return [int.from_bytes(prefix.encode(), "big") << 32 | i for i in range(n)]
 
 
 def run_until_idle(engine: Engine, limit: float = 1e6) -> list[tuple[str, str, float]]:
@@ -119,18 +121,35 @@ def test_arrival_during_decode_run_joins_at_next_step_boundary() -> None:
 
 
 def test_kv_cache_evicts_least_recently_freed_tail_first() -> None:
-    cache = KVCache(capacity_blocks=6)
-    cache.acquire(["a0", "a1", "a2"])
-    cache.acquire(["b0", "b1"])
-    cache.release(["a0", "a1", "a2"])  # freed first: evicted first, tail block first
-    cache.release(["b0", "b1"])
-    assert list(cache.evictable) == ["a2", "a1", "a0", "b1", "b0"]
+    cache = BlockCache(capacity_blocks=6)
+    a, b = keys("a", 3), keys("b", 2)
+    cache.acquire(a)
+    cache.acquire(b)
+    cache.release(a)  # freed first: evicted first, tail block first
+    cache.release(b)
+    assert (cache.cached_blocks, cache.referenced_blocks) == (5, 0)
     assert cache.evict(2) == 2
-    assert set(cache.refs) == {"a0", "b0", "b1"}
-    cache.acquire(["a0"])  # referenced again: not evictable
+    assert cache.match(a, 3) == 1 and cache.match(b, 2) == 2, "a2 and a1 went first"
+    cache.acquire(a[:1])  # referenced again: not evictable
     assert cache.evict(10) == 2
-    assert set(cache.refs) == {"a0"}
-    assert cache.evicted == 4
+    assert (cache.match(a, 3), cache.match(b, 2), cache.evicted) == (1, 0, 4)
+
+
+def test_kv_cache_refuses_to_release_what_is_not_held() -> None:
+    cache = BlockCache(capacity_blocks=4)
+    cache.acquire(keys("a", 2))
+    with pytest.raises(ValueError, match="not referenced"):
+        cache.release([*keys("a", 2), *keys("z", 1)])
+    assert cache.referenced_blocks == 2, "a refused release changes nothing"
+
+
+def test_generated_blocks_are_cached_as_room_allows() -> None:
+    cache = BlockCache(capacity_blocks=3)
+    cache.acquire(keys("a", 2))
+    cache.insert_unreferenced(keys("g", 3), free_blocks=1)
+    # One free block, and nothing evictable but what it inserts itself.
+    assert (cache.cached_blocks, cache.match(keys("g", 3), 3)) == (3, 0)
+    assert cache.match(keys("g", 3)[2:], 1) == 1, "the newest generated block stays"
 
 
 def test_engine_evicts_old_prefix_when_full() -> None:

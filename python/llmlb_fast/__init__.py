@@ -15,6 +15,7 @@ from llmlb_fast._core import (
     Router,
     RouterConfig,
     __version__,
+    hash_token_blocks,
 )
 from llmlb_fast.errors import (
     ConfigError,
@@ -46,4 +47,5 @@ __all__ = [
     "UnknownModelError",
     "UnknownNodeError",
     "__version__",
+    "hash_token_blocks",
 ]

@@ -7,6 +7,7 @@ __all__ = [
     "HASH_SEED",
     "METRIC_FIELDS",
     "POLICIES",
+    "BlockCache",
     "CandidateScore",
     "Completion",
     "Node",
@@ -15,11 +16,17 @@ __all__ = [
     "Router",
     "RouterConfig",
     "__version__",
+    "hash_token_blocks",
 ]
 
 HASH_SEED: Final[int]
 METRIC_FIELDS: Final[list[str]]
 POLICIES: Final[list[str]]
+
+def hash_token_blocks(
+    token_ids: Sequence[int], *, block_size: int = 16, parent: int | None = None
+) -> list[int]: ...
+
 __version__: Final[str]
 
 @final
@@ -224,6 +231,8 @@ class Router:
         prompt: str | None = None,
         *,
         token_ids: Sequence[int] | None = None,
+        block_hashes: Sequence[int] | None = None,
+        prompt_tokens: int | None = None,
         request_id: str | None = None,
         expected_output_tokens: int | None = None,
         model: str | None = None,
@@ -248,3 +257,22 @@ class Router:
     def stats(self) -> dict[str, object]: ...
     def now(self) -> float: ...
     def set_time(self, seconds: float) -> None: ...
+
+@final
+class BlockCache:
+    """The simulator's KV-cache block table (prefix caching, LRU of freed blocks)."""
+
+    def __new__(cls, capacity_blocks: int) -> BlockCache: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def cached_blocks(self) -> int: ...
+    @property
+    def referenced_blocks(self) -> int: ...
+    @property
+    def evicted(self) -> int: ...
+    def match(self, keys: Sequence[int], limit: int) -> int: ...
+    def acquire(self, keys: Sequence[int]) -> None: ...
+    def release(self, keys: Sequence[int]) -> None: ...
+    def insert_unreferenced(self, keys: Sequence[int], free_blocks: int) -> None: ...
+    def evict(self, blocks: int) -> int: ...

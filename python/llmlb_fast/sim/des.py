@@ -19,7 +19,7 @@ from typing import cast
 
 from llmlb_fast import Node, Router, RouterConfig
 from llmlb_fast.sim.engine import Engine, EventKind, SimRequest
-from llmlb_fast.sim.profiles import HardwareProfile
+from llmlb_fast.sim.profiles import BLOCK_TOKENS, HardwareProfile
 from llmlb_fast.sim.workloads import WorkItem, Workload
 
 _ARRIVAL, _NODE, _DEADLINE, _MONITOR = 0, 1, 2, 3
@@ -110,6 +110,8 @@ class Simulation:
             manual_clock=True,
         )
         self.node_index = {nid: i for i, nid in enumerate(self.node_ids)}
+        # The engine's block keys are the router's block hashes when the block sizes agree.
+        self._route_by_keys = self.router.config.token_block_size == BLOCK_TOKENS
         self.duration_s = duration_s
         self.warmup_s = warmup_s
         self.timeout_s = timeout_s
@@ -199,23 +201,33 @@ class Simulation:
     def _on_arrival(self, item: WorkItem, now: float) -> None:
         router = self.router
         router.set_time(now)
-        tokens, block_keys = self.workload.materialize(item)
-        decision = router.route(
-            token_ids=tokens,
-            request_id=item.request_id,
-            expected_output_tokens=item.output_tokens,
-        )
+        prompt_tokens = item.prompt_tokens
+        if self._route_by_keys:
+            block_keys = self.workload.block_keys(item)
+            decision = router.route(
+                block_hashes=block_keys[: prompt_tokens // BLOCK_TOKENS],
+                prompt_tokens=prompt_tokens,
+                request_id=item.request_id,
+                expected_output_tokens=item.output_tokens,
+            )
+        else:
+            tokens, block_keys = self.workload.materialize(item)
+            decision = router.route(
+                token_ids=tokens,
+                request_id=item.request_id,
+                expected_output_tokens=item.output_tokens,
+            )
         node = self.node_index[decision.node_id]
         item.tokens = item.block_keys = None  # routed: the engine holds what it needs
         request = SimRequest(
             request_id=item.request_id,
-            prompt_tokens=len(tokens),
+            prompt_tokens=prompt_tokens,
             output_tokens=item.output_tokens,
             block_keys=block_keys,
             arrival_s=now,
             deadline_s=now + self.timeout_s,
         )
-        record = RequestRecord(arrival_s=now, node=node, prompt_tokens=len(tokens))
+        record = RequestRecord(arrival_s=now, node=node, prompt_tokens=prompt_tokens)
         self._records[item.request_id] = record
         self._items[item.request_id] = item
         try:

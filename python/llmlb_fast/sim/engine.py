@@ -18,6 +18,8 @@ What it models:
   conversation hits them. A request's private tail (partial prompt block and generated
   tokens) is counted in tokens and rounded up to blocks in aggregate: one block per 16
   tokens plus half a block of fragmentation per running sequence (an approximation).
+  The block table is :class:`llmlb_fast._core.BlockCache` (``rust/llmlb-sim``): its
+  per-block loops were most of a long run's time in Python.
 - **Admission and preemption**: a waiting request is admitted when the blocks of its
   uncached prompt fit (evicting cached blocks if needed) and fewer than
   ``max_num_seqs`` run; when decoding needs a block and none can be freed, the most
@@ -36,11 +38,12 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import OrderedDict, deque
-from collections.abc import Hashable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from llmlb_fast._core import BlockCache
 from llmlb_fast.sim.profiles import BLOCK_TOKENS, HardwareProfile
 
 
@@ -64,7 +67,7 @@ class SimRequest:
     request_id: str
     prompt_tokens: int
     output_tokens: int
-    block_keys: Sequence[Hashable]
+    block_keys: Sequence[int]
     arrival_s: float = 0.0
     deadline_s: float = math.inf
     # Filled by the engine.
@@ -74,7 +77,7 @@ class SimRequest:
     finish_s: float | None = None
     generated: int = 0
     preemptions: int = 0
-    _held: list[Hashable] = field(default_factory=list, repr=False)
+    _held: list[int] = field(default_factory=list, repr=False)
     _to_prefill: int = 0
     _prefill_pos: int = 0
     _private_tokens: int = 0
@@ -149,87 +152,13 @@ class _Phase(Enum):
     DECODE_RUN = 2  # `run_steps` decode-only steps
 
 
-class KVCache:
-    """Hashed blocks with reference counts; unreferenced ones are evictable in LRU order."""
-
-    def __init__(self, capacity_blocks: int) -> None:
-        self.capacity = capacity_blocks
-        self.refs: dict[Hashable, int] = {}
-        self.evictable: OrderedDict[Hashable, None] = OrderedDict()
-        self.evicted = 0
-
-    @property
-    def cached_blocks(self) -> int:
-        return len(self.refs)
-
-    @property
-    def referenced_blocks(self) -> int:
-        return len(self.refs) - len(self.evictable)
-
-    def match(self, keys: Sequence[Hashable], limit: int) -> int:
-        """Number of leading ``keys`` (at most ``limit``) present in the cache."""
-        refs = self.refs
-        n = 0
-        while n < limit and keys[n] in refs:
-            n += 1
-        return n
-
-    def acquire(self, keys: Sequence[Hashable]) -> None:
-        """References ``keys`` (cached or new); caller made room for the new ones."""
-        refs, evictable = self.refs, self.evictable
-        for key in keys:
-            count = refs.get(key)
-            if count is None:
-                refs[key] = 1
-            else:
-                if count == 0:
-                    del evictable[key]
-                refs[key] = count + 1
-
-    def release(self, keys: Sequence[Hashable]) -> None:
-        """Drops one reference to each key; freed blocks become evictable tail first."""
-        refs, evictable = self.refs, self.evictable
-        for key in reversed(keys):
-            count = refs[key] - 1
-            refs[key] = count
-            if count == 0:
-                evictable[key] = None
-
-    def insert_unreferenced(self, keys: Sequence[Hashable], free_blocks: int) -> None:
-        """Caches generated blocks, as far as room allows (evicting older blocks)."""
-        refs, evictable = self.refs, self.evictable
-        for key in keys:
-            if key in refs:
-                if refs[key] == 0:
-                    evictable.move_to_end(key)
-                continue
-            if free_blocks <= 0:
-                if not evictable:
-                    return
-                self.evict(1)
-                free_blocks += 1
-            refs[key] = 0
-            evictable[key] = None
-            free_blocks -= 1
-
-    def evict(self, blocks: int) -> int:
-        """Evicts up to ``blocks`` least recently freed blocks; returns how many."""
-        n = min(blocks, len(self.evictable))
-        refs, evictable = self.refs, self.evictable
-        for _ in range(n):
-            key, _ = evictable.popitem(last=False)
-            del refs[key]
-        self.evicted += n
-        return n
-
-
 class Engine:
     """One simulated GPU node."""
 
     def __init__(self, profile: HardwareProfile, *, node_id: str = "node") -> None:
         self.profile = profile
         self.node_id = node_id
-        self.cache = KVCache(profile.kv_capacity_blocks)
+        self.cache = BlockCache(profile.kv_capacity_blocks)
         self.counters = EngineCounters()
         self.waiting: deque[SimRequest] = deque()
         self.prefilling: list[SimRequest] = []

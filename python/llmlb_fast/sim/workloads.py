@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from llmlb_fast import hash_token_blocks
 from llmlb_fast.sim.profiles import BLOCK_TOKENS
 
 MOONCAKE_BLOCK_TOKENS = 512
@@ -36,7 +37,8 @@ FRESH_TOKEN_BASE = 1 << 31
 @dataclass(eq=False)
 class WorkItem:
     """One request to issue. ``tokens`` and ``block_keys`` may be left None until
-    :meth:`Workload.materialize` (a trace builds them only when the request arrives)."""
+    :meth:`Workload.materialize` (a trace builds them only when the request arrives,
+    a chat turn only if asked: the simulator routes by block keys)."""
 
     request_id: str
     arrival_s: float
@@ -46,19 +48,21 @@ class WorkItem:
     block_keys: list[int] | None
     stream: int = -1  # closed-loop stream that issued it, -1 for open-loop arrivals
     record: TraceRecord | None = None
+    conversation: _Conversation | None = None
 
 
 def chain_keys(tokens: Sequence[int], keys: list[int]) -> list[int]:
     """Extends ``keys`` with the chain key of every full block of ``tokens`` not yet keyed.
 
-    Key ``i`` hashes key ``i-1`` with block ``i``'s tokens, so equal keys mean equal
-    prefixes (Python's hash of int tuples is deterministic across runs).
+    The keys are the router's own block hashes (:func:`llmlb_fast.hash_token_blocks`):
+    key ``i`` covers the whole prefix up to block ``i``, so equal keys mean equal
+    prefixes, and the simulator can route by them without hashing a prompt twice.
     """
     start = len(keys) * BLOCK_TOKENS
-    prev = keys[-1] if keys else 0
-    for i in range(start, len(tokens) - BLOCK_TOKENS + 1, BLOCK_TOKENS):
-        prev = hash((prev, *tokens[i : i + BLOCK_TOKENS]))
-        keys.append(prev)
+    end = start + (len(tokens) - start) // BLOCK_TOKENS * BLOCK_TOKENS
+    if end > start:
+        parent = keys[-1] if keys else None
+        keys.extend(hash_token_blocks(tokens[start:end], block_size=BLOCK_TOKENS, parent=parent))
     return keys
 
 
@@ -92,6 +96,12 @@ class Workload:
         assert item.tokens is not None and item.block_keys is not None
         return item.tokens, item.block_keys
 
+    def block_keys(self, item: WorkItem) -> list[int]:
+        """The item's block keys alone (cheaper: no copy of a long prompt)."""
+        if item.block_keys is not None:
+            return item.block_keys
+        return self.materialize(item)[1]
+
     def describe(self) -> dict[str, object]:
         return {"name": self.name}
 
@@ -101,9 +111,50 @@ class Workload:
 
 @dataclass
 class _Conversation:
-    tokens: list[int] = field(default_factory=list)
+    """A conversation's history: its token ids as ranges (never copied into lists on
+    the hot path), the chain keys of its full blocks and the tokens after them."""
+
+    segments: list[range] = field(default_factory=list)
+    length: int = 0
     keys: list[int] = field(default_factory=list)
+    tail: list[int] = field(default_factory=list)
     turn: int = 0
+
+    def extend(self, tokens: range) -> None:
+        """Appends tokens and keys every block they complete."""
+        self.segments.append(tokens)
+        self.length += len(tokens)
+        keys, tail = self.keys, self.tail
+        if tail:
+            need = BLOCK_TOKENS - len(tail)
+            tail.extend(tokens[:need])
+            if len(tail) < BLOCK_TOKENS:
+                return
+            keys.extend(hash_token_blocks(tail, block_size=BLOCK_TOKENS, parent=_last(keys)))
+            tokens = tokens[need:]
+        full = len(tokens) // BLOCK_TOKENS * BLOCK_TOKENS
+        if full:
+            keys.extend(
+                hash_token_blocks(tokens[:full], block_size=BLOCK_TOKENS, parent=_last(keys))
+            )
+        self.tail = list(tokens[full:])
+
+    def token_ids(self, n: int) -> list[int]:
+        """The first ``n`` token ids."""
+        ids: list[int] = []
+        for segment in self.segments:
+            ids.extend(segment[: n - len(ids)])
+            if len(ids) >= n:
+                break
+        return ids
+
+    def fork(self) -> _Conversation:
+        """A new conversation starting with this one's history."""
+        return _Conversation(list(self.segments), self.length, list(self.keys), list(self.tail))
+
+
+def _last(keys: list[int]) -> int | None:
+    return keys[-1] if keys else None
 
 
 class ChatSessions(Workload):
@@ -143,7 +194,11 @@ class ChatSessions(Workload):
         self.duration_s = duration_s
         self.rng = random.Random(seed)
         self.fresh = FreshTokens()
-        self.system_prompts = [list(self.fresh.take(system_tokens)) for _ in range(sessions)]
+        self.system_prompts: list[_Conversation] = []
+        for _ in range(sessions):
+            system_prompt = _Conversation()
+            system_prompt.extend(self.fresh.take(system_tokens))
+            self.system_prompts.append(system_prompt)
         self.system_tokens = system_tokens
         self.conversations: dict[int, _Conversation] = {}
         self._next_id = 0
@@ -199,23 +254,27 @@ class ChatSessions(Workload):
                 if self.rate_per_s is None
                 else (self.rng.randrange(self.sessions))
             )
-            conversation = _Conversation(tokens=list(self.system_prompts[session]))
+            conversation = self.system_prompts[session].fork()
             self.conversations[stream] = conversation
-        conversation.tokens.extend(self.fresh.take(self.input_tokens))
+        prompt_tokens = conversation.length + self.input_tokens
+        conversation.extend(self.fresh.take(self.input_tokens + self.output_tokens))
         conversation.turn += 1
-        prompt = list(conversation.tokens)
-        conversation.tokens.extend(self.fresh.take(self.output_tokens))
-        chain_keys(conversation.tokens, conversation.keys)
         self._next_id += 1
         return WorkItem(
             request_id=f"chat-{self._next_id}",
             arrival_s=at,
-            tokens=prompt,
-            prompt_tokens=len(prompt),
+            tokens=None,
+            prompt_tokens=prompt_tokens,
             output_tokens=self.output_tokens,
             block_keys=list(conversation.keys),
             stream=stream,
+            conversation=conversation,
         )
+
+    def materialize(self, item: WorkItem) -> tuple[list[int], list[int]]:
+        if item.tokens is None and item.conversation is not None:
+            item.tokens = item.conversation.token_ids(item.prompt_tokens)
+        return super().materialize(item)
 
 
 # -- Trace replay ------------------------------------------------------------------

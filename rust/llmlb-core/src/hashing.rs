@@ -23,10 +23,18 @@ pub fn chain_hash_bytes(data: &[u8], block_size: usize) -> Vec<u64> {
 }
 
 pub fn chain_hash_tokens(tokens: &[u32], block_size: usize) -> Vec<u64> {
+    let mut hashes = Vec::with_capacity(tokens.len() / block_size.max(1));
+    extend_token_chain(&mut hashes, HASH_SEED, tokens, block_size);
+    hashes
+}
+
+/// Appends to `hashes` the chain of the full blocks of `tokens`, continuing from the
+/// hash `parent` of the block before them ([`HASH_SEED`] at the start of a prompt), so a
+/// growing conversation only hashes its new blocks.
+pub fn extend_token_chain(hashes: &mut Vec<u64>, parent: u64, tokens: &[u32], block_size: usize) {
     let block_size = block_size.max(1);
-    let mut hashes = Vec::with_capacity(tokens.len() / block_size);
     let mut buf = Vec::with_capacity(block_size * 4);
-    let mut seed = HASH_SEED;
+    let mut seed = parent;
     for block in tokens.chunks_exact(block_size) {
         buf.clear();
         for token in block {
@@ -35,7 +43,6 @@ pub fn chain_hash_tokens(tokens: &[u32], block_size: usize) -> Vec<u64> {
         seed = xxh3_64_with_seed(&buf, seed);
         hashes.push(seed);
     }
-    hashes
 }
 
 #[cfg(test)]
@@ -61,6 +68,15 @@ mod tests {
         let a = chain_hash_bytes(b"xxxxbbbb", 4);
         let b = chain_hash_bytes(b"yyyybbbb", 4);
         assert_ne!(a[1], b[1], "same second block, different first block");
+    }
+
+    #[test]
+    fn a_chain_continues_from_its_last_hash() {
+        let tokens: Vec<u32> = (0..10).collect();
+        let whole = chain_hash_tokens(&tokens, 2);
+        let mut parts = chain_hash_tokens(&tokens[..4], 2);
+        extend_token_chain(&mut parts, whole[1], &tokens[4..], 2);
+        assert_eq!(parts, whole);
     }
 
     #[test]

@@ -11,9 +11,12 @@
 //! Bounds: at most `capacity` entries overall, evicting least recently used leaves in
 //! batches; and, for a node that declares its KV capacity, at most that many blocks
 //! credited to it, evicting its own least recently used holdings — so the index does
-//! not promise caches the engine has long evicted.
+//! not promise caches the engine has long evicted. A node's holdings are found through
+//! its own log of (hash, stamp) credits, oldest first, checked lazily against the
+//! entries (second chance for entries touched since), so bounding one node costs what
+//! it evicts, not a scan of the whole index.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::size_of;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,9 +120,16 @@ struct Tree {
     owner_by_node: Vec<u64>,
     blocks_by_node: Vec<u32>,
     budget_by_node: Vec<Option<u32>>,
+    /// Per node: (hash, stamp) of each block credited to it, oldest first. Every
+    /// holding has at least one record; records of blocks no longer held are stale
+    /// and dropped when met.
+    log_by_node: Vec<VecDeque<(u64, u64)>>,
     capacity: usize,
     evicted: u64,
 }
+
+/// Logs are compacted when stale records outnumber live holdings by this much.
+const LOG_SLACK_RECORDS: usize = 1024;
 
 const LOOKUPS: usize = 0;
 const LOOKUPS_WITH_HIT: usize = 1;
@@ -299,6 +309,7 @@ impl Tree {
             self.owner_by_node.resize(needed, UNBOUND);
             self.blocks_by_node.resize(needed, 0);
             self.budget_by_node.resize(needed, None);
+            self.log_by_node.resize_with(needed, VecDeque::new);
         }
     }
 
@@ -316,6 +327,43 @@ impl Tree {
                 self.blocks_by_node[node as usize] += 1;
             }
         }
+        // Deepest first: among blocks credited at once, a prompt's tail is evicted
+        // before its head, which keeps the node's chains unbroken.
+        let log = &mut self.log_by_node[node as usize];
+        log.extend(
+            hashes[start.min(hashes.len())..]
+                .iter()
+                .rev()
+                .map(|&h| (h, stamp)),
+        );
+        self.compact_log_if_stale(node);
+    }
+
+    /// Whether `node` holds `hash`, and the entry's last-used stamp.
+    fn holding(&self, hash: u64, node: u16) -> Option<u64> {
+        self.map
+            .get(&hash)
+            .filter(|e| e.holders.binary_search(&node).is_ok())
+            .map(|e| e.last_used.load(Ordering::Relaxed))
+    }
+
+    /// Drops stale and duplicate records once they outnumber live holdings.
+    fn compact_log_if_stale(&mut self, node: u16) {
+        let held = self.blocks_by_node[node as usize] as usize;
+        let mut log = std::mem::take(&mut self.log_by_node[node as usize]);
+        if log.len() > 2 * held + LOG_SLACK_RECORDS {
+            let mut seen = HashSet::with_capacity(held);
+            // Newest record of each holding wins; order among the kept ones is kept.
+            let mut kept: Vec<(u64, u64)> = log
+                .iter()
+                .rev()
+                .filter(|&&(hash, _)| self.holding(hash, node).is_some() && seen.insert(hash))
+                .copied()
+                .collect();
+            kept.reverse();
+            log = kept.into();
+        }
+        self.log_by_node[node as usize] = log;
     }
 
     fn create(&mut self, hash: u64, parent: u64, depth: u32) {
@@ -373,20 +421,13 @@ impl Tree {
         }
     }
 
-    /// (hash, last used, children) of every entry `node` holds.
-    fn held_by(&self, node: u16) -> Vec<(u64, u64, u32)> {
-        self.map
-            .iter()
-            .filter(|(_, e)| e.holders.binary_search(&node).is_ok())
-            .map(|(&h, e)| (h, e.last_used.load(Ordering::Relaxed), e.children))
-            .collect()
-    }
-
     fn forget_node(&mut self, node: u16) {
         self.ensure_node(node);
-        for (hash, _, _) in self.held_by(node) {
+        let log = std::mem::take(&mut self.log_by_node[node as usize]);
+        for (hash, _) in log {
             self.release_holding(hash, node);
         }
+        debug_assert_eq!(self.blocks_by_node[node as usize], 0);
     }
 
     fn enforce_capacity(&mut self) {
@@ -424,13 +465,20 @@ impl Tree {
             return;
         }
         let target = (budget as f64 * EVICT_TO) as u32;
-        // Oldest first; among equally old entries, leaves (fewer children) first.
-        let mut holdings = self.held_by(node);
-        holdings.sort_unstable_by_key(|&(hash, last_used, children)| (last_used, children, hash));
-        let excess = (held - target) as usize;
-        for &(hash, _, _) in holdings.iter().take(excess) {
-            self.release_holding(hash, node);
+        let mut log = std::mem::take(&mut self.log_by_node[node as usize]);
+        // Oldest credit first; an entry touched since its record goes to the back once
+        // with its new stamp (second chance), so each record is met at most twice.
+        while self.blocks_by_node[node as usize] > target {
+            let Some((hash, stamp)) = log.pop_front() else {
+                break;
+            };
+            match self.holding(hash, node) {
+                None => {}
+                Some(last_used) if last_used > stamp => log.push_back((hash, last_used)),
+                Some(_) => self.release_holding(hash, node),
+            }
         }
+        self.log_by_node[node as usize] = log;
     }
 
     fn bytes(&self) -> usize {
@@ -442,7 +490,12 @@ impl Tree {
             .filter(|e| e.holders.spilled())
             .map(|e| e.holders.capacity() * size_of::<u16>())
             .sum();
-        map + spilled + (self.blocks_by_node.capacity() + self.budget_by_node.capacity()) * 8
+        let logs: usize = self
+            .log_by_node
+            .iter()
+            .map(|log| log.capacity() * size_of::<(u64, u64)>())
+            .sum();
+        map + spilled + logs + (self.blocks_by_node.capacity() + self.budget_by_node.capacity()) * 8
     }
 }
 
@@ -544,6 +597,48 @@ mod tests {
             0,
             "oldest dropped"
         );
+    }
+
+    #[test]
+    fn node_budget_spares_entries_used_since_they_were_credited() {
+        let t = Stamps::default();
+        let index = PrefixIndex::new(1000);
+        index.set_node_budget(0, Some(20));
+        let kept = chain(&[1, 2, 3]);
+        index.insert(&kept, 0, t.next());
+        for i in 0..19 {
+            index.insert(&chain(&[100 + i]), 0, t.next());
+            // Looked up again and again: recently used although credited first.
+            assert_eq!(index.lookup(&kept, t.next()).depth_of(0), 3);
+        }
+        assert!(index.blocks_held_by(0) <= 19, "the budget was enforced");
+        assert_eq!(index.lookup(&kept, t.next()).depth_of(0), 3);
+        assert_eq!(index.lookup(&chain(&[100]), t.next()).depth_of(0), 0);
+    }
+
+    #[test]
+    fn a_long_chain_is_evicted_tail_first() {
+        let t = Stamps::default();
+        let index = PrefixIndex::new(1000);
+        index.set_node_budget(0, Some(10));
+        let long: Vec<u64> = (1..=12).map(|i| i * 7919).collect();
+        index.insert(&long, 0, t.next());
+        let held = index.blocks_held_by(0) as usize;
+        assert!(held < 12);
+        assert_eq!(index.lookup(&long, t.next()).depth_of(0) as usize, held);
+    }
+
+    #[test]
+    fn credit_logs_stay_bounded_without_a_budget() {
+        let t = Stamps::default();
+        let index = PrefixIndex::new(1000);
+        let blocks = chain(&[1, 2, 3, 4]);
+        for _ in 0..5000 {
+            index.insert(&blocks, 0, t.next());
+            index.insert(&chain(&[9]), 0, t.next());
+        }
+        let tree = index.tree.read();
+        assert!(tree.log_by_node[0].len() <= 2 * 5 + LOG_SLACK_RECORDS + 4);
     }
 
     #[test]

@@ -31,6 +31,13 @@ const EXPIRY_SWEEP_INTERVAL_S: f64 = 1.0;
 pub enum Prompt<'a> {
     Text(&'a str),
     Tokens(&'a [u32]),
+    /// A prompt already cut into token blocks and hashed by the caller with
+    /// [`crate::hashing::extend_token_chain`] and `token_block_size`-token blocks (a
+    /// gateway that tokenizes once, a simulator); `prompt_tokens` is its full length.
+    Hashes {
+        hashes: &'a [u64],
+        prompt_tokens: u32,
+    },
     /// No prompt given: routing by load alone.
     Empty,
 }
@@ -264,6 +271,7 @@ impl Router {
                 return Err(CoreError::DuplicateRequest(id.clone()));
             }
         }
+        validate_prompt(&request.prompt, &config)?;
         let prompt = hash_prompt(request, &config);
         let snapshot = self.table.load();
         if snapshot.nodes.is_empty() {
@@ -537,6 +545,25 @@ fn validate_request_id(id: &str) -> CoreResult<()> {
     Ok(())
 }
 
+fn validate_prompt(prompt: &Prompt<'_>, config: &RouterConfig) -> CoreResult<()> {
+    if let Prompt::Hashes {
+        hashes,
+        prompt_tokens,
+    } = *prompt
+    {
+        let covered = hashes.len() as u64 * config.token_block_size as u64;
+        if (prompt_tokens as u64) < covered {
+            return Err(CoreError::InvalidInput(format!(
+                "{} block hashes of {} tokens cover {covered} tokens, more than \
+                 prompt_tokens={prompt_tokens}",
+                hashes.len(),
+                config.token_block_size
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn hash_prompt(request: &RouteRequest<'_>, config: &RouterConfig) -> HashedPrompt {
     let (hashes, prompt_tokens, tokens_per_block) = match request.prompt {
         Prompt::Text(text) => (
@@ -547,6 +574,14 @@ fn hash_prompt(request: &RouteRequest<'_>, config: &RouterConfig) -> HashedPromp
         Prompt::Tokens(tokens) => (
             chain_hash_tokens(tokens, config.token_block_size),
             tokens.len() as f64,
+            config.token_block_size as f64,
+        ),
+        Prompt::Hashes {
+            hashes,
+            prompt_tokens,
+        } => (
+            hashes.to_vec(),
+            prompt_tokens as f64,
             config.token_block_size as f64,
         ),
         Prompt::Empty => (Vec::new(), 0.0, config.token_block_size as f64),

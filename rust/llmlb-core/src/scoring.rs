@@ -57,7 +57,10 @@ pub struct Candidate<'a> {
     pub load: f64,
     /// Peak TFLOPS relative to the cluster mean.
     pub capability: f64,
+    /// Memory use now (KV usage moved forward by the load routed since the report).
     pub memory_pressure: Option<f64>,
+    /// Memory use as reported: saturation is judged on what was observed.
+    pub reported_memory_pressure: Option<f64>,
     pub sm_utilization: Option<f64>,
     pub bandwidth_utilization: Option<f64>,
     pub pcie_utilization: Option<f64>,
@@ -97,6 +100,7 @@ pub fn build_candidates<'a>(
                 load: in_flight as f64,
                 capability: node.spec.peak_tflops / mean_tflops,
                 memory_pressure: None,
+                reported_memory_pressure: None,
                 sm_utilization: None,
                 bandwidth_utilization: None,
                 pcie_utilization: None,
@@ -113,24 +117,47 @@ pub fn build_candidates<'a>(
         .collect()
 }
 
-/// Folds a fresh GPU report into the candidate's figures. The engine's running + waiting
-/// count (which sees other routers' requests too) is up to a report interval old: it is
-/// moved forward by this router's own change in flight since, or every router would
-/// pile onto the node that looked idle in the last report.
+/// Folds a fresh GPU report into the candidate's figures. The report is up to a report
+/// interval old, and every router would pile onto the node that looked idlest in it
+/// unless the figures move with what was routed since: the engine's running + waiting
+/// count (which sees other routers' requests too) moves by this router's change in
+/// flight, and the load-driven figures (KV and memory use, SM and bandwidth
+/// utilisation) scale with the load the node has now against the load it reported.
 fn apply_metrics(candidate: &mut Candidate<'_>, timed: &TimedMetrics) {
     let m = &timed.metrics;
     let reported = m.num_requests_running.unwrap_or(0.0) + m.num_requests_waiting.unwrap_or(0.0);
     let routed_since = candidate.in_flight as f64 - timed.in_flight_at_report as f64;
     candidate.load = candidate.load.max(reported + routed_since);
-    candidate.memory_pressure = m.memory_pressure(candidate.node.spec.gpu_memory_bytes);
-    candidate.sm_utilization = m.sm_utilization;
-    candidate.bandwidth_utilization = m.mem_bandwidth_utilization;
+    let drift = load_drift(candidate.load, reported, timed.in_flight_at_report);
+    let now = |figure: Option<f64>| figure.map(|f| (f * drift).clamp(0.0, 1.0));
+    let memory = m.memory_pressure(candidate.node.spec.gpu_memory_bytes);
+    candidate.reported_memory_pressure = memory;
+    // NVML's used/total does not follow load (engines pre-allocate); KV usage does.
+    candidate.memory_pressure = if m.kv_cache_usage.is_some() {
+        now(memory)
+    } else {
+        memory
+    };
+    candidate.sm_utilization = now(m.sm_utilization);
+    candidate.bandwidth_utilization = now(m.mem_bandwidth_utilization);
     candidate.pcie_utilization = match (m.pcie_tx_bytes_per_s, m.pcie_rx_bytes_per_s) {
         (None, None) => None,
         (tx, rx) => {
             Some((tx.unwrap_or(0.0).max(rx.unwrap_or(0.0)) / PCIE_FULL_BYTES_PER_S).min(1.0))
         }
     };
+}
+
+/// How much the node's load changed since its report, as a factor for the figures that
+/// follow the load (`(now + 1) / (then + 1)`, within [0.5, 2]). "Then" is the engine's
+/// count when it reported one, else this router's in-flight count at the report.
+fn load_drift(load_now: f64, reported: f64, in_flight_at_report: u32) -> f64 {
+    let then = if reported > 0.0 {
+        reported
+    } else {
+        in_flight_at_report as f64
+    };
+    ((load_now + 1.0) / (then + 1.0)).clamp(0.5, 2.0)
 }
 
 fn skip_reason(c: &Candidate<'_>, config: &RouterConfig) -> Option<Skip> {
@@ -146,7 +173,7 @@ fn skip_reason(c: &Candidate<'_>, config: &RouterConfig) -> Option<Skip> {
     {
         return Some(Skip::AtMaxConcurrency);
     }
-    if c.memory_pressure
+    if c.reported_memory_pressure
         .is_some_and(|p| p >= config.memory_saturation_threshold)
     {
         return Some(Skip::MemorySaturated);

@@ -426,3 +426,43 @@ fn excluded_nodes_are_skipped() {
         Err(CoreError::NoAvailableNode(_))
     ));
 }
+
+#[test]
+fn precomputed_block_hashes_route_like_the_token_ids_they_hash() {
+    let config = RouterConfig {
+        token_block_size: 2,
+        ..with_policy(PolicyKind::PrefixAware)
+    };
+    let router = router(&["a", "b", "c"], config);
+    let first: Vec<u32> = (0..9).collect();
+    let by_tokens = route_with_id(&router, Prompt::Tokens(&first), "t1");
+    let hashes = chain_hash_tokens(&first[..8], 2);
+    let by_hashes = route_with_id(
+        &router,
+        Prompt::Hashes {
+            hashes: &hashes,
+            prompt_tokens: 9,
+        },
+        "h1",
+    );
+    assert_eq!(by_hashes.node_id, by_tokens.node_id);
+    assert_eq!((by_hashes.matched_blocks, by_hashes.prompt_tokens), (4, 9));
+
+    let too_short = router.route(&RouteRequest {
+        prompt: Prompt::Hashes {
+            hashes: &hashes,
+            prompt_tokens: 7,
+        },
+        request_id: Some("bad".into()),
+        expected_output_tokens: None,
+        model: None,
+        exclude: &[],
+        policy: None,
+    });
+    assert!(matches!(too_short, Err(CoreError::InvalidInput(_))));
+    assert_eq!(
+        router.in_flight_total(),
+        2,
+        "a refused request holds nothing"
+    );
+}

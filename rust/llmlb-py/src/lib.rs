@@ -4,8 +4,10 @@
 mod config;
 mod decision;
 mod errors;
+mod hashing;
 mod node;
 mod router;
+mod sim;
 
 use pyo3::prelude::*;
 
@@ -16,9 +18,13 @@ mod _core {
     #[pymodule_export]
     use super::decision::{CandidateScore, Completion, RouteDecision};
     #[pymodule_export]
+    use super::hashing::hash_token_blocks;
+    #[pymodule_export]
     use super::node::{Node, NodeStatus};
     #[pymodule_export]
     use super::router::Router;
+    #[pymodule_export]
+    use super::sim::BlockCache;
 
     use pyo3::prelude::*;
 

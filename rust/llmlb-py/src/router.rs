@@ -17,7 +17,7 @@ pub struct Router {
 }
 
 /// Token ids as u32, with a clear error for anything else.
-fn token_ids_u32(ids: Vec<i64>) -> PyResult<Vec<u32>> {
+pub(crate) fn token_ids_u32(ids: Vec<i64>) -> PyResult<Vec<u32>> {
     ids.into_iter()
         .enumerate()
         .map(|(i, id)| {
@@ -142,6 +142,8 @@ impl Router {
         prompt = None,
         *,
         token_ids = None,
+        block_hashes = None,
+        prompt_tokens = None,
         request_id = None,
         expected_output_tokens = None,
         model = None,
@@ -154,6 +156,8 @@ impl Router {
         py: Python<'_>,
         prompt: Option<&Bound<'_, PyString>>,
         token_ids: Option<Vec<i64>>,
+        block_hashes: Option<Vec<u64>>,
+        prompt_tokens: Option<u32>,
         request_id: Option<String>,
         expected_output_tokens: Option<u32>,
         model: Option<&str>,
@@ -170,14 +174,25 @@ impl Router {
             })?;
         let tokens = token_ids.map(token_ids_u32).transpose()?;
         let text = prompt.map(|p| p.to_str()).transpose()?;
-        let prompt = match (text, &tokens) {
-            (Some(_), Some(_)) => {
-                return Err(invalid_input("give prompt or token_ids, not both"));
+        let block_size = self.inner.config().token_block_size;
+        let prompt = match (text, &tokens, &block_hashes) {
+            (Some(text), None, None) => core::Prompt::Text(text),
+            (None, Some(tokens), None) => core::Prompt::Tokens(tokens),
+            (None, None, Some(hashes)) => core::Prompt::Hashes {
+                hashes,
+                prompt_tokens: prompt_tokens
+                    .unwrap_or((hashes.len() * block_size).try_into().unwrap_or(u32::MAX)),
+            },
+            (None, None, None) => core::Prompt::Empty,
+            _ => {
+                return Err(invalid_input(
+                    "give one of prompt, token_ids and block_hashes",
+                ));
             }
-            (Some(text), None) => core::Prompt::Text(text),
-            (None, Some(tokens)) => core::Prompt::Tokens(tokens),
-            (None, None) => core::Prompt::Empty,
         };
+        if prompt_tokens.is_some() && block_hashes.is_none() {
+            return Err(invalid_input("prompt_tokens goes with block_hashes"));
+        }
         let exclude = exclude.unwrap_or_default();
         let exclude: Vec<&str> = exclude.iter().map(String::as_str).collect();
         let request = core::RouteRequest {

@@ -1,0 +1,56 @@
+//! `hash_token_blocks`: the core's block-hash chain, for callers that hash prompts once
+//! and route with `Router.route(block_hashes=...)`.
+
+use llmlb_core::hashing::{extend_token_chain, HASH_SEED};
+use pyo3::prelude::*;
+use pyo3::types::{PyRange, PyRangeMethods};
+
+use crate::errors::invalid_input;
+use crate::router::token_ids_u32;
+
+/// Chain hashes of the full `block_size`-token blocks of `token_ids`, continuing the
+/// chain after `parent` (the hash of the block before them; None at a prompt's start).
+/// A `range` of token ids is read without building its integers.
+#[pyfunction]
+#[pyo3(signature = (token_ids, *, block_size = 16, parent = None))]
+pub fn hash_token_blocks(
+    py: Python<'_>,
+    token_ids: &Bound<'_, PyAny>,
+    block_size: usize,
+    parent: Option<u64>,
+) -> PyResult<Vec<u64>> {
+    if block_size == 0 {
+        return Err(invalid_input("block_size must be >= 1"));
+    }
+    let tokens = match token_ids.cast::<PyRange>() {
+        Ok(range) => range_u32(range)?,
+        Err(_) => token_ids_u32(token_ids.extract()?)?,
+    };
+    let mut hashes = Vec::with_capacity(tokens.len() / block_size);
+    py.detach(|| {
+        extend_token_chain(
+            &mut hashes,
+            parent.unwrap_or(HASH_SEED),
+            &tokens,
+            block_size,
+        )
+    });
+    Ok(hashes)
+}
+
+fn range_u32(range: &Bound<'_, PyRange>) -> PyResult<Vec<u32>> {
+    let (start, stop, step) = (range.start()?, range.stop()?, range.step()?);
+    let ids: Vec<i64> = if step > 0 {
+        (start..stop)
+            .step_by(step as usize)
+            .map(|i| i as i64)
+            .collect()
+    } else {
+        (stop + 1..=start)
+            .rev()
+            .step_by(step.unsigned_abs())
+            .map(|i| i as i64)
+            .collect()
+    };
+    token_ids_u32(ids)
+}
