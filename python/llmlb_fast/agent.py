@@ -173,25 +173,23 @@ def _interval_hit_rate(before: EngineScrape, after: EngineScrape) -> float | Non
     return min(hits / queries, 1.0)
 
 
-class Agent:
+class MetricsReporter:
+    """Streams ``sample()`` every ``interval_s`` to the router's ``ReportMetrics``,
+    reopening a broken stream with capped exponential backoff. Subclasses say what to
+    sample (the NVML agent below; simulated nodes in :mod:`llmlb_fast.sim.cluster`)."""
+
     def __init__(
         self,
         node_id: str,
         router: str,
         *,
         interval_s: float = 0.1,
-        nvml: NvmlSampler | None = None,
-        scraper: EngineScraper | None = None,
         token: str | None = None,
         root_certificates: bytes | None = None,
     ) -> None:
-        if nvml is None and scraper is None:
-            raise ValueError("the agent needs NVML or an engine metrics URL to sample")
         self.node_id = node_id
         self.router = router
         self.interval_s = interval_s
-        self.nvml = nvml
-        self.scraper = scraper
         self.token = token
         self.root_certificates = root_certificates
         self.sent = 0
@@ -200,19 +198,7 @@ class Agent:
 
     async def sample(self) -> dict[str, Any]:
         """One NodeMetrics sample as field -> value."""
-        fields: dict[str, Any] = {"node_id": self.node_id}
-        if self.nvml is not None:
-            fields.update(self.nvml.sample())
-        if self.scraper is not None:
-            try:
-                scrape = await self.scraper.scrape()
-            except (OSError, ValueError) as error:
-                log.warning("engine scrape %s failed: %s", self.scraper.url, error)
-            else:
-                fields.update(scrape.metrics)
-                if scrape.hit_rate is not None:
-                    fields["prefix_cache_hit_rate"] = scrape.hit_rate
-        return fields
+        raise NotImplementedError
 
     async def _sample_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -275,6 +261,47 @@ class Agent:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
+
+
+class Agent(MetricsReporter):
+    def __init__(
+        self,
+        node_id: str,
+        router: str,
+        *,
+        interval_s: float = 0.1,
+        nvml: NvmlSampler | None = None,
+        scraper: EngineScraper | None = None,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+    ) -> None:
+        if nvml is None and scraper is None:
+            raise ValueError("the agent needs NVML or an engine metrics URL to sample")
+        super().__init__(
+            node_id,
+            router,
+            interval_s=interval_s,
+            token=token,
+            root_certificates=root_certificates,
+        )
+        self.nvml = nvml
+        self.scraper = scraper
+
+    async def sample(self) -> dict[str, Any]:
+        """One NodeMetrics sample as field -> value."""
+        fields: dict[str, Any] = {"node_id": self.node_id}
+        if self.nvml is not None:
+            fields.update(self.nvml.sample())
+        if self.scraper is not None:
+            try:
+                scrape = await self.scraper.scrape()
+            except (OSError, ValueError) as error:
+                log.warning("engine scrape %s failed: %s", self.scraper.url, error)
+            else:
+                fields.update(scrape.metrics)
+                if scrape.hit_rate is not None:
+                    fields["prefix_cache_hit_rate"] = scrape.hit_rate
+        return fields
 
 
 def build_parser() -> argparse.ArgumentParser:

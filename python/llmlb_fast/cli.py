@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "llmlb_fast.demo",
     "bench": "llmlb_fast.bench",
     "serve": "llmlb_fast.serve",
+    "sim-cluster": "llmlb_fast.sim.cluster",
 }
 
 

@@ -5,10 +5,20 @@ Serves ``/v1/completions`` and ``/v1/chat/completions`` (with SSE streaming),
 same :class:`~llmlb_fast.sim.engine.Engine` as the discrete-event mode in real time
 sped up by ``dilation`` (10 = ten simulated seconds per wall second).
 
-Text is turned into token ids four bytes at a time, so equal text prefixes are equal
-token prefixes and hit the node's prefix cache. Every ``report_interval_s`` (simulated)
+Text is turned into token ids four bytes at a time (each chat message on its own, as a
+chat template does, ending with the assistant's header), so equal text prefixes are
+equal token prefixes and hit the node's prefix cache. The generated text is `` tok``
+per token, and its token ids are those of that text, so a conversation's next turn,
+which resends the answer, hits the blocks the answer left in the cache. Streams send
+one chunk every ``chunk_interval_s`` of wall time at most (what was generated since the
+last one); a coarser interval keeps a busy benchmark from measuring Python's cost of
+many small chunks instead of the simulated engine. With
+``stream_options.include_usage`` the stream ends with a usage chunk, as vLLM's does
+(``prompt_tokens_details.cached_tokens`` included). Every ``report_interval_s`` (simulated)
 the node hands the GPU figures an NVML agent would report to ``on_metrics`` (for
-example a client of the router's ``ReportMetrics`` stream).
+example a client of the router's ``ReportMetrics`` stream). PCIe figures count the
+host-device traffic of token ids (4 bytes each: prompt tokens in, generated tokens out);
+tensor-parallel traffic between the GPUs goes over NVLink and is not counted.
 """
 
 from __future__ import annotations
@@ -36,12 +46,25 @@ from llmlb_fast.sim.workloads import chain_keys
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 MetricsCallback = Callable[[str, dict[str, float]], None]
+OUTPUT_PIECE = " tok"
+"""The text of one generated token (four bytes: one token of :func:`text_to_tokens`)."""
+TOKEN_BYTES = 4
 
 
 def text_to_tokens(text: str) -> list[int]:
     """Deterministic stand-in tokenizer: four UTF-8 bytes per token."""
     data = text.encode()
     return [int.from_bytes(data[i : i + 4], "little") for i in range(0, len(data), 4)]
+
+
+def chat_to_tokens(messages: list[dict[str, Any]]) -> list[int]:
+    """A chat template's tokens: each message's header and content, then the assistant's
+    header (the generation prompt)."""
+    tokens: list[int] = []
+    for message in messages:
+        tokens += text_to_tokens(f"<|{message.get('role', 'user')}|>")
+        tokens += text_to_tokens(message["content"])
+    return tokens + text_to_tokens("<|assistant|>")
 
 
 @dataclass(eq=False)
@@ -104,13 +127,15 @@ class SimNode:
         dilation: float = 10.0,
         report_interval_s: float = 1.0,
         on_metrics: MetricsCallback | None = None,
+        chunk_interval_s: float = 0.02,
     ) -> None:
-        if dilation <= 0 or report_interval_s <= 0:
-            raise ValueError("dilation and report_interval_s must be > 0")
+        if dilation <= 0 or report_interval_s <= 0 or chunk_interval_s <= 0:
+            raise ValueError("dilation, report_interval_s and chunk_interval_s must be > 0")
         self.engine = Engine(profile, node_id=node_id)
         self.node_id, self.model, self.dilation = node_id, model, dilation
         self.report_interval_s = report_interval_s
         self.on_metrics = on_metrics
+        self.chunk_interval_s = chunk_interval_s
         self.ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
         self.ttft_sum = 0.0
         self.registry = CollectorRegistry()
@@ -141,7 +166,8 @@ class SimNode:
                 web.post("/v1/chat/completions", self._chat),
             ]
         )
-        self._runner = web.AppRunner(app)
+        # handler_cancellation: a client that gives up cancels its request in the engine.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -186,6 +212,8 @@ class SimNode:
 
     async def _report(self) -> None:
         last_busy, last_read = 0.0, 0.0
+        counters = self.engine.counters
+        last_in, last_out = counters.prompt_tokens, counters.generated_tokens
         while True:
             await asyncio.sleep(self.report_interval_s / self.dilation)
             now = self.virtual_now()
@@ -193,6 +221,9 @@ class SimNode:
             profile = self.engine.profile
             interval = self.report_interval_s
             snap = self.engine.snapshot(now)
+            tokens_in = counters.prompt_tokens - last_in
+            tokens_out = counters.generated_tokens - last_out
+            last_in, last_out = counters.prompt_tokens, counters.generated_tokens
             figures = {
                 "gpu_memory_used_bytes": profile.total_memory_bytes
                 * profile.gpu_memory_utilization,
@@ -204,6 +235,8 @@ class SimNode:
                 "mem_bandwidth_utilization": min(
                     1.0, (read - last_read) / (interval * profile.bandwidth_bytes_per_s)
                 ),
+                "pcie_rx_bytes_per_s": tokens_in * TOKEN_BYTES / interval,
+                "pcie_tx_bytes_per_s": tokens_out * TOKEN_BYTES / interval,
                 "num_requests_running": float(snap.running),
                 "num_requests_waiting": float(snap.waiting),
                 "kv_capacity_tokens": float(profile.kv_capacity_tokens),
@@ -249,8 +282,7 @@ class SimNode:
             isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
         ):
             raise _bad_request("messages must be a list of {role, content} objects")
-        text = "".join(f"<|{m.get('role', 'user')}|>{m['content']}" for m in messages)
-        return await self._serve(http, body, text_to_tokens(text), chat=True)
+        return await self._serve(http, body, chat_to_tokens(messages), chat=True)
 
     async def _serve(
         self, http: web.Request, body: dict[str, Any], tokens: list[int], *, chat: bool
@@ -262,7 +294,7 @@ class SimNode:
             raise _bad_request("the prompt is empty")
         self._next_id += 1
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{self.node_id}-{self._next_id}"
-        output = [(self._next_id * 1_000_003 + i) % (1 << 31) for i in range(max_tokens)]
+        output = text_to_tokens(OUTPUT_PIECE) * max_tokens
         request = SimRequest(
             request_id,
             len(tokens),
@@ -279,7 +311,9 @@ class SimNode:
         self._wake.set()
         try:
             if body.get("stream"):
-                return await self._stream(http, pending, chat)
+                options = body.get("stream_options")
+                usage = isinstance(options, dict) and options.get("include_usage") is True
+                return await self._stream(http, pending, chat, usage)
             await pending.done.wait()
             return web.json_response(self._full_response(pending, chat))
         finally:
@@ -287,14 +321,24 @@ class SimNode:
                 self.engine.cancel(request, self.virtual_now())
             self._pending.pop(request_id, None)
 
-    async def _stream(self, http: web.Request, pending: _Pending, chat: bool) -> web.StreamResponse:
+    async def _stream(
+        self, http: web.Request, pending: _Pending, chat: bool, usage: bool
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(http)
-        async for piece, finish in self._pieces(pending):
-            chunk = self._chunk(pending.request.request_id, piece, finish, chat)
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+        try:
+            async for piece, finish in self._pieces(pending):
+                chunk = self._chunk(pending.request.request_id, piece, finish, chat)
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if usage:
+                chunk = self._chunk(pending.request.request_id, "", None, chat)
+                chunk["choices"] = []
+                chunk["usage"] = _usage(pending.request)
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away; _serve cancels the request in the engine
         return response
 
     async def _pieces(self, pending: _Pending) -> AsyncIterator[tuple[str, str | None]]:
@@ -308,13 +352,13 @@ class SimNode:
             else:
                 total = max(1, self.engine.generated_tokens(request, self.virtual_now()))
             if total > sent:
-                yield " tok" * (total - sent), None
+                yield OUTPUT_PIECE * (total - sent), None
                 sent = total
             if request.state is RequestState.FINISHED:
                 yield "", "length"
                 return
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(pending.done.wait(), timeout=0.02)
+                await asyncio.wait_for(pending.done.wait(), timeout=self.chunk_interval_s)
 
     def _chunk(self, request_id: str, text: str, finish: str | None, chat: bool) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
@@ -332,7 +376,7 @@ class SimNode:
 
     def _full_response(self, pending: _Pending, chat: bool) -> dict[str, Any]:
         request = pending.request
-        text = " tok" * request.output_tokens
+        text = OUTPUT_PIECE * request.output_tokens
         choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
@@ -344,13 +388,17 @@ class SimNode:
             "created": int(time.time()),
             "model": self.model,
             "choices": [choice],
-            "usage": {
-                "prompt_tokens": request.prompt_tokens,
-                "completion_tokens": request.output_tokens,
-                "total_tokens": request.prompt_tokens + request.output_tokens,
-                "prompt_tokens_details": {"cached_tokens": request.cached_tokens},
-            },
+            "usage": _usage(request),
         }
+
+
+def _usage(request: SimRequest) -> dict[str, Any]:
+    return {
+        "prompt_tokens": request.prompt_tokens,
+        "completion_tokens": request.output_tokens,
+        "total_tokens": request.prompt_tokens + request.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": request.cached_tokens},
+    }
 
 
 async def _json_body(http: web.Request) -> dict[str, Any]:
