@@ -139,6 +139,15 @@ def test_chat_history_grows_and_shares_the_system_prompt() -> None:
     assert common_prefix(s0, s2) == 100 and common_prefix(s0, s1) == 0
 
 
+def test_chat_streams_start_over_the_ramp() -> None:
+    items = ChatSessions(sessions=4, streams=25, ramp_s=100.0).start()
+    starts = sorted(item.arrival_s for item in items)
+    assert len(starts) == 100 and starts[0] >= 0 and starts[-1] <= 100.0
+    assert starts[24] < 40 < 60 < starts[75], "spread over the ramp, not bunched"
+    with pytest.raises(ValueError, match="ramp_s"):
+        ChatSessions(ramp_s=-1.0)
+
+
 def test_chat_open_loop_rate() -> None:
     workload = ChatSessions(sessions=3, rate_per_s=2.0, duration_s=100, seed=1)
     items = workload.start()

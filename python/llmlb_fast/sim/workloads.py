@@ -179,18 +179,20 @@ class ChatSessions(Workload):
         turns: int = 4,
         think_s: float = 2.0,
         rate_per_s: float | None = None,
+        ramp_s: float = 120.0,
         duration_s: float = 7200.0,
         seed: int = 0,
     ) -> None:
         if min(sessions, streams, input_tokens, output_tokens, turns) < 1:
             raise ValueError("sessions, streams, input/output tokens and turns must be >= 1")
-        if system_tokens < 0 or think_s < 0 or duration_s <= 0:
-            raise ValueError("system_tokens and think_s must be >= 0, duration_s > 0")
+        if system_tokens < 0 or think_s < 0 or ramp_s < 0 or duration_s <= 0:
+            raise ValueError("system_tokens, think_s and ramp_s must be >= 0, duration_s > 0")
         if rate_per_s is not None and rate_per_s <= 0:
             raise ValueError("rate_per_s must be > 0")
         self.sessions, self.streams = sessions, streams
         self.input_tokens, self.output_tokens = input_tokens, output_tokens
         self.turns, self.think_s, self.rate_per_s = turns, think_s, rate_per_s
+        self.ramp_s = ramp_s
         self.duration_s = duration_s
         self.rng = random.Random(seed)
         self.fresh = FreshTokens()
@@ -214,14 +216,17 @@ class ChatSessions(Workload):
             "turns": self.turns,
             "think_s": self.think_s,
             "rate_per_s": self.rate_per_s,
+            "ramp_s": self.ramp_s,
             "duration_s": self.duration_s,
         }
 
     def start(self) -> list[WorkItem]:
         if self.rate_per_s is None:
             streams = self.sessions * self.streams
-            # Stagger the first turns over a few seconds so streams do not move in lockstep.
-            return [self._turn(s, self.rng.uniform(0, 5.0)) for s in range(streams)]
+            # Streams started together stay in step for most of an hour: every node's KV
+            # cache fills at the same turn and empties at the same restart. Starting them
+            # over about one conversation's length spreads their turns as in steady traffic.
+            return [self._turn(s, self.rng.uniform(0, self.ramp_s)) for s in range(streams)]
         items: list[WorkItem] = []
         t = 0.0
         stream = 0
