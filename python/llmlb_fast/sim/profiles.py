@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -92,33 +93,33 @@ class HardwareProfile:
             )
 
     # Node-level capacities -------------------------------------------------------
-    @property
+    @cached_property
     def peak_flops(self) -> float:
         return self.gpus * self.gpu_tflops * 1e12
 
-    @property
+    @cached_property
     def bandwidth_bytes_per_s(self) -> float:
         return self.gpus * self.gpu_bandwidth_bytes_per_s
 
-    @property
+    @cached_property
     def total_memory_bytes(self) -> float:
         return self.gpus * self.gpu_memory_bytes
 
-    @property
+    @cached_property
     def static_memory_bytes(self) -> float:
         """Weights plus the activation reserve: GPU memory that never holds KV cache."""
         return self.model.weight_bytes + self.gpus * self.activation_reserve_bytes_per_gpu
 
-    @property
+    @cached_property
     def kv_capacity_blocks(self) -> int:
         usable = self.total_memory_bytes * self.gpu_memory_utilization - self.static_memory_bytes
         return int(usable // (self.model.kv_bytes_per_token * BLOCK_TOKENS))
 
-    @property
+    @cached_property
     def kv_capacity_tokens(self) -> int:
         return self.kv_capacity_blocks * BLOCK_TOKENS
 
-    @property
+    @cached_property
     def prefill_tokens_per_s(self) -> float:
         """Prefill rate of short prompts (weights' FLOPs only), as declared to the router."""
         return self.peak_flops * self.prefill_mfu / (2 * self.model.params)
@@ -131,17 +132,17 @@ class HardwareProfile:
         attention = 4 * m.layers * m.hidden * (tokens * context_before + tokens * tokens / 2)
         return (linear + attention) / (self.peak_flops * self.prefill_mfu)
 
-    @property
+    @cached_property
     def decode_fixed_s(self) -> float:
         """Decode step time with an empty batch: overhead plus one read of the weights."""
         weights = self.model.weight_bytes / (self.bandwidth_bytes_per_s * self.decode_mbu)
         return self.step_overhead_s + weights
 
-    @property
+    @cached_property
     def decode_per_seq_s(self) -> float:
         return 2 * self.model.params / (self.peak_flops * self.decode_mfu)
 
-    @property
+    @cached_property
     def decode_per_context_token_s(self) -> float:
         return self.model.kv_bytes_per_token / (self.bandwidth_bytes_per_s * self.decode_mbu)
 
