@@ -59,3 +59,18 @@ def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "nodes.0.adress" in result.stdout
+
+
+def test_the_service_package_is_found_from_any_directory(tmp_path: Path) -> None:
+    """A wheel ships ``grpc_server``; an editable install finds it at the repository root."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    script = (
+        "from llmlb_fast.grpc_path import ensure_grpc_server\n"
+        "print(ensure_grpc_server())\n"
+        "import grpc_server.server\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (Path(done.stdout.strip()) / "grpc_server" / "__init__.py").is_file()

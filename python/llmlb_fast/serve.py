@@ -15,6 +15,7 @@ import signal
 
 from llmlb_fast.config import load_config
 from llmlb_fast.errors import ConfigError
+from llmlb_fast.grpc_path import ensure_grpc_server
 
 HELP = "run the gRPC routing service (config hot reload, /metrics, breakers, canary)"
 
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def serve(config_path: str, listen: str | None) -> int:
     # Imported here so that `llmlb --help` does not load gRPC.
+    ensure_grpc_server()
     from grpc_server.server import RoutingServer
 
     config = load_config(config_path)

@@ -18,10 +18,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from llmlb_fast.agent import BACKOFF_INITIAL_S, BACKOFF_MAX_S, MetricsReporter
+from llmlb_fast.grpc_path import ensure_grpc_server
 from llmlb_fast.sim.live import SimNode
 from llmlb_fast.sim.profiles import PROFILES, HardwareProfile, load_profiles, parse_cluster
 
@@ -32,23 +32,6 @@ DEFAULT_MODEL = "llama-3-70b"
 
 class ClusterError(RuntimeError):
     """The router refused the cluster (bad token, bad node spec)."""
-
-
-def import_grpc_server() -> str:
-    """Imports the ``grpc_server`` package and returns the directory that holds it.
-
-    A wheel installs it next to ``llmlb_fast``; a source checkout (editable install)
-    has it at the repository root, which is put on ``sys.path`` here.
-    """
-    try:
-        import grpc_server
-    except ImportError:
-        root = Path(__file__).resolve().parents[3]
-        if not (root / "grpc_server" / "__init__.py").is_file():
-            raise
-        sys.path.insert(0, str(root))
-        import grpc_server
-    return str(Path(grpc_server.__file__).resolve().parents[1])
 
 
 def node_spec(node_id: str, url: str, profile: HardwareProfile, model: str) -> dict[str, Any]:
@@ -318,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
         if args.dilation <= 0 or args.report_interval <= 0 or args.chunk_interval <= 0:
             raise ValueError("--dilation, --report-interval and --chunk-interval must be > 0")
         if args.router:
-            import_grpc_server()
+            ensure_grpc_server()
     except (ValueError, OSError) as error:
         print(f"llmlb sim-cluster: {error}", file=sys.stderr)
         return 2

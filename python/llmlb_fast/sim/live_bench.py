@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmlb_fast.sim.cluster import SimCluster, import_grpc_server
+from llmlb_fast.grpc_path import ensure_grpc_server
+from llmlb_fast.sim.cluster import SimCluster
 from llmlb_fast.sim.des import NodeSample, RunResult, summarize
 from llmlb_fast.sim.live_load import ChatLoad, LiveChatLoad
 from llmlb_fast.sim.live_routers import (
@@ -407,7 +408,7 @@ def run_live(
         settings = settings_from_args(args, cluster)
         names = [n.strip() for n in (args.external or "").split(",") if n.strip()]
         externals = find_externals(names, args.external_bin_dir)
-        import_grpc_server()
+        ensure_grpc_server()
     except (ValueError, ImportError) as error:
         print(f"llmlb bench: {error}", file=sys.stderr)
         return 2

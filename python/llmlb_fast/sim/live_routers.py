@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from llmlb_fast.sim.cluster import import_grpc_server
+from llmlb_fast.grpc_path import ensure_grpc_server
 
 EXTERNAL_ROUTERS = ("sglang-router", "vllm-router")
 EXTERNAL_POLICY = "cache_aware"
@@ -92,7 +92,7 @@ async def llmlb_service(config: dict[str, Any], workdir: Path) -> AsyncIterator[
     path.write_text(yaml.safe_dump(config))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (import_grpc_server(), env.get("PYTHONPATH")) if p
+        p for p in (ensure_grpc_server(), env.get("PYTHONPATH")) if p
     )
     command = [sys.executable, "-m", "llmlb_fast.cli", "serve", "--config", str(path)]
     with open(workdir / "serve.log", "wb") as log:
