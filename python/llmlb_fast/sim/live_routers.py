@@ -20,8 +20,6 @@ from typing import Any
 
 import yaml
 
-from llmlb_fast.grpc_path import ensure_grpc_server
-
 EXTERNAL_ROUTERS = ("sglang-router", "vllm-router")
 EXTERNAL_POLICY = "cache_aware"
 START_TIMEOUT_S = 30.0
@@ -90,14 +88,10 @@ async def llmlb_service(config: dict[str, Any], workdir: Path) -> AsyncIterator[
     """``llmlb serve`` as a subprocess; yields its gRPC and proxy ports."""
     path = workdir / "llmlb.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (ensure_grpc_server(), env.get("PYTHONPATH")) if p
-    )
     command = [sys.executable, "-m", "llmlb_fast.cli", "serve", "--config", str(path)]
     with open(workdir / "serve.log", "wb") as log:
         process = await asyncio.create_subprocess_exec(
-            *command, "--log-level", "WARNING", stdout=asyncio.subprocess.PIPE, stderr=log, env=env
+            *command, "--log-level", "WARNING", stdout=asyncio.subprocess.PIPE, stderr=log
         )
     try:
         assert process.stdout is not None
