@@ -59,6 +59,13 @@ def test_chat_turns_hit_the_cache_with_prefix_affinity() -> None:
     assert summary_prefix["kv_hit_rate"] > summary_rr["kv_hit_rate"] + 0.1
 
 
+def test_router_cache_predictions_are_checked_against_the_engine() -> None:
+    summary = summarize(chat_run("prefix_aware").result)
+    # Nothing is evicted in so short a run: every token the index promised was there.
+    assert summary["predicted_cache_missed"] == 0.0
+    assert summary["predicted_kv_hit_rate"] > 0.2
+
+
 def test_timeouts_are_counted_and_released() -> None:
     # One A100 node prefills ~4k tokens/s; 2.5 prompts/s of 2,000 tokens outgrow it, so the
     # queue grows past the 3 s deadline and later requests time out.

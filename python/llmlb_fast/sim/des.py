@@ -31,6 +31,8 @@ class RequestRecord:
     node: int
     prompt_tokens: int
     cached_tokens: int = 0
+    # What the router expected the chosen node to have cached (None: not known, live runs).
+    predicted_cached_tokens: int | None = None
     output_tokens: int = 0
     ttft_s: float | None = None
     finish_s: float | None = None
@@ -227,7 +229,12 @@ class Simulation:
             arrival_s=now,
             deadline_s=now + self.timeout_s,
         )
-        record = RequestRecord(arrival_s=now, node=node, prompt_tokens=prompt_tokens)
+        record = RequestRecord(
+            arrival_s=now,
+            node=node,
+            prompt_tokens=prompt_tokens,
+            predicted_cached_tokens=decision.matched_tokens,
+        )
         self._records[item.request_id] = record
         self._items[item.request_id] = item
         try:
@@ -342,7 +349,12 @@ def summarize(result: RunResult) -> dict[str, float]:
     settled = len(done) + timeouts + failed
     ttfts = [r.ttft_s for r in done if r.ttft_s is not None]
     prompt = sum(r.prompt_tokens for r in measured if r.outcome != "rejected")
-    cached = sum(r.cached_tokens for r in measured if r.outcome != "rejected")
+    served = [r for r in measured if r.outcome != "rejected"]
+    cached = sum(r.cached_tokens for r in served)
+    # Only requests the engine admitted looked their prefix up.
+    predicted = [r for r in done if r.predicted_cached_tokens is not None]
+    expected = sum(r.predicted_cached_tokens or 0 for r in predicted)
+    missed = sum(max(0, (r.predicted_cached_tokens or 0) - r.cached_tokens) for r in predicted)
     samples = [s for s in result.samples if s.time_s >= window_start]
     per_node = [0] * len(result.node_ids)
     for r in measured:
@@ -359,6 +371,12 @@ def summarize(result: RunResult) -> dict[str, float]:
         "kv_usage": _mean([s.kv_usage for s in samples]),
         "timeout_rate": timeouts / settled if settled else math.nan,
         "kv_hit_rate": cached / prompt if prompt else math.nan,
+        # How far the router's prefix index can be trusted: the share of the tokens it
+        # expected cached on the chosen node that the engine no longer had.
+        "predicted_kv_hit_rate": expected / sum(r.prompt_tokens for r in predicted)
+        if predicted
+        else math.nan,
+        "predicted_cache_missed": missed / expected if expected else math.nan,
         "preemptions": float(result.preemptions),
         "max_over_mean_node_requests": max(per_node) / mean_node if mean_node else math.nan,
     }
