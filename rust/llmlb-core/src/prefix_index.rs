@@ -641,6 +641,58 @@ mod tests {
         assert!(tree.log_by_node[0].len() <= 2 * 5 + LOG_SLACK_RECORDS + 4);
     }
 
+    /// Random inserts, lookups and forgets on bounded nodes and a bounded index: the
+    /// per-node counts match the entries, budgets hold, and every holding is in its
+    /// node's credit log (which is how a node's holdings are found and evicted).
+    #[test]
+    fn random_operations_keep_counts_budgets_and_logs_consistent() {
+        const NODES: u16 = 4;
+        const BUDGET: u32 = 60;
+        let t = Stamps::default();
+        let index = PrefixIndex::new(200);
+        for slot in 0..NODES {
+            index.set_node_budget(slot, Some(BUDGET));
+        }
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        for step in 0..5_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let slot = (state % NODES as u64) as u16;
+            let root = (state >> 16) % 30;
+            let ids: Vec<u64> = (0..1 + (state >> 8) % 12).map(|d| root * 100 + d).collect();
+            let hashes = chain(&ids);
+            match (state >> 32) % 10 {
+                0 => index.forget_node(slot),
+                1..=3 => {
+                    index.lookup(&hashes, t.next());
+                }
+                _ => index.insert(&hashes, slot, t.next()),
+            }
+            let tree = index.tree.read();
+            for node in 0..NODES {
+                let held: Vec<u64> = tree
+                    .map
+                    .iter()
+                    .filter(|(_, e)| e.holders.binary_search(&node).is_ok())
+                    .map(|(&h, _)| h)
+                    .collect();
+                assert_eq!(
+                    held.len() as u32,
+                    tree.blocks_by_node[node as usize],
+                    "{step}"
+                );
+                assert!(held.len() as f64 <= BUDGET as f64 * NODE_SLACK, "{step}");
+                let logged: HashSet<u64> = tree.log_by_node[node as usize]
+                    .iter()
+                    .map(|&(h, _)| h)
+                    .collect();
+                assert!(held.iter().all(|h| logged.contains(h)), "{step}");
+            }
+            assert!(tree.map.len() <= 200, "{step}");
+        }
+    }
+
     #[test]
     fn many_holders_spill_and_are_counted() {
         let t = Stamps::default();
