@@ -282,6 +282,8 @@ LIVE_DEFAULTS: dict[str, Any] = {
     "streams": 10,
     "duration": 300.0,
     "warmup": 60.0,
+    # A 120 s ramp would take most of a short live run; light live loads do not lock step.
+    "ramp": 5.0,
 }
 
 
@@ -347,6 +349,7 @@ def settings_from_args(
         output_tokens=args.output_tokens,
         turns=args.turns,
         think_s=args.think,
+        ramp_s=args.ramp,
         duration_s=args.duration,
         timeout_s=args.timeout,
         seed=args.seed,
@@ -383,6 +386,7 @@ def describe(settings: LiveSettings) -> dict[str, Any]:
             "output_tokens": load.output_tokens,
             "turns": load.turns,
             "think_s": load.think_s,
+            "ramp_s": load.ramp_s,
             "duration_s": load.duration_s,
         },
         "cluster": [p.describe() for p in settings.cluster],

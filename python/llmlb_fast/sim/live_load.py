@@ -46,6 +46,7 @@ class ChatLoad:
     output_tokens: int = 800
     turns: int = 4
     think_s: float = 2.0
+    ramp_s: float = 5.0
     duration_s: float = 300.0
     timeout_s: float = 10.0
     seed: int = 0
@@ -54,8 +55,8 @@ class ChatLoad:
     def __post_init__(self) -> None:
         if min(self.sessions, self.streams, self.input_tokens, self.output_tokens, self.turns) < 1:
             raise ValueError("sessions, streams, input/output tokens and turns must be >= 1")
-        if self.system_tokens < 0 or self.think_s < 0:
-            raise ValueError("system tokens and think time must be >= 0")
+        if self.system_tokens < 0 or self.think_s < 0 or self.ramp_s < 0:
+            raise ValueError("system tokens, think time and ramp must be >= 0")
         if self.duration_s <= 0 or self.timeout_s <= 0:
             raise ValueError("duration and timeout must be > 0")
 
@@ -124,7 +125,7 @@ class LiveChatLoad:
     async def _stream(self, session: aiohttp.ClientSession, stream: int) -> None:
         load = self.load
         rng = random.Random(f"{load.seed}:{stream}")
-        await asyncio.sleep(rng.uniform(0.0, 5.0) / self.dilation)  # no lockstep
+        await asyncio.sleep(rng.uniform(0.0, load.ramp_s) / self.dilation)  # no lockstep
         conversation = 0
         while True:
             messages = [{"role": "system", "content": self.system_prompts[stream % load.sessions]}]
