@@ -5,7 +5,8 @@ completion. wrk drives each router with the same request stream (a shared system
 and a per-request suffix): ``-c1`` for added latency over calling a backend directly,
 ``-c8`` and ``-c64`` for requests/s. Results go to benches/results/bench_proxy.json.
 
-    python benches/bench_proxy.py [--duration 5] [--rounds 3] [--routers llmlb,sglang,vllm]
+    python benches/bench_proxy.py [--duration 5] [--rounds 3]
+        [--routers llmlb,llmlb-bare,sglang,vllm]
         [--sglang-bin PATH] [--vllm-bin PATH]
 
 sglang-router / vllm-router are looked up on PATH (or given as paths); a router that is
@@ -231,11 +232,28 @@ def tree_cpu_seconds(root: int) -> float:
     return sum(cpu.get(p, 0.0) for p in tree)
 
 
+def serve_config(port: int, backends: list[str], path: Path) -> Path:
+    """An ``llmlb serve`` config: the proxy on ``port`` in front of ``backends``."""
+    nodes = [{"id": f"n{i}", "address": url, "models": [MODEL]} for i, url in enumerate(backends)]
+    config = {
+        "server": {"listen": "127.0.0.1:0", "metrics_port": None},
+        "proxy": {"enabled": True, "listen": f"127.0.0.1:{port}"},
+        "nodes": nodes,
+    }
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
 def router_commands(
-    name: str, port: int, backends: list[str], args: argparse.Namespace
+    name: str, port: int, backends: list[str], args: argparse.Namespace, workdir: Path
 ) -> list[str] | str:
-    """The command that starts a router, or the reason it cannot run here."""
+    """The command that starts a router, or the reason it cannot run here. ``llmlb`` is
+    what users run (``llmlb serve``: the proxy with the gRPC service, breakers and
+    metrics hooks); ``llmlb-bare`` is the proxy alone in front of a router."""
     if name == "llmlb":
+        config = serve_config(port, backends, workdir / "llmlb.yaml")
+        return [sys.executable, "-m", "llmlb_fast.cli", "serve", "--config", str(config)]
+    if name == "llmlb-bare":
         return [sys.executable, __file__, "_llmlb", str(port), *backends]
     binary = args.sglang_bin if name == "sglang" else args.vllm_bin
     path = shutil.which(binary) or (binary if os.path.exists(binary) else None)
@@ -262,7 +280,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median kept)")
-    parser.add_argument("--routers", default="llmlb,sglang,vllm")
+    parser.add_argument("--routers", default="llmlb,llmlb-bare,sglang,vllm")
     parser.add_argument("--sglang-bin", default="sglang-router")
     parser.add_argument("--vllm-bin", default="vllm-router")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_proxy.json")
@@ -303,7 +321,7 @@ def main() -> int:
         targets = {"direct": backends[0]}
         for name in args.routers.split(","):
             port = free_port()
-            cmd_or_reason = router_commands(name, port, backends, args)
+            cmd_or_reason = router_commands(name, port, backends, args, logs)
             if isinstance(cmd_or_reason, str):
                 errors[name] = cmd_or_reason
                 continue
