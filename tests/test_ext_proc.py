@@ -13,7 +13,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import json_format
 from llmlb_fast import Completion, Node, Router, RouterConfig
-from llmlb_fast.proxy import ProxySettings
+from llmlb_fast.proxy import Hooks, ProxySettings
 from llmlb_fast.proxy.ext_proc import EndpointPicker, add_to_server
 from proxy_backends import sse_chunks
 
@@ -96,8 +96,7 @@ class Picker:
         self.picker = EndpointPicker(
             self.router,
             settings,
-            on_complete=self.completions.append,
-            on_timeout=self.timeouts.append,
+            Hooks(on_complete=self.completions.append, on_timeout=self.timeouts.append),
         )
 
     async def __aenter__(self) -> Picker:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from llmlb_fast import Completion, Node, Router, RouterConfig
-from llmlb_fast.proxy import ProxyServer, ProxySettings
+from llmlb_fast.proxy import Hooks, ProxyServer, ProxySettings
 from llmlb_fast.proxy.routing_key import render_messages, routing_key
 from proxy_backends import MODEL, Backend, completion_json, sse_chunks
 
@@ -32,7 +32,7 @@ async def running(
     nodes = [Node(b.name, b.address) for b in backends]
     router = Router(RouterConfig(policy=policy), nodes)
     completions: list[Completion] = []
-    proxy = ProxyServer(router, settings, on_complete=completions.append)
+    proxy = ProxyServer(router, settings, Hooks(on_complete=completions.append))
     port = await proxy.start()
     client = aiohttp.ClientSession(auto_decompress=False)
     try:

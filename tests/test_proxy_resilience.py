@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 from llmlb_fast import Completion, Node, Router, RouterConfig
-from llmlb_fast.proxy import ProxyServer, ProxySettings
+from llmlb_fast.proxy import Hooks, ProxyServer, ProxySettings
 from proxy_backends import MODEL, Backend, closed_port_address, sse_chunks
 
 FAST_RETRY = ProxySettings(backoff_base_s=0.001, backoff_cap_s=0.01)
@@ -56,8 +56,7 @@ class Cluster:
         self.proxy = ProxyServer(
             self.router,
             self.settings,
-            on_complete=self.completions.append,
-            on_timeout=self.timeouts.append,
+            Hooks(on_complete=self.completions.append, on_timeout=self.timeouts.append),
         )
         self.url = f"http://127.0.0.1:{await self.proxy.start()}"
         self.client = aiohttp.ClientSession()

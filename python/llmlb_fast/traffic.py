@@ -16,7 +16,7 @@ import grpc
 
 from llmlb_fast.config import ProxyConfig, split_listen
 from llmlb_fast.events import BREAKER_OPENED, Event
-from llmlb_fast.proxy import ProxyServer, ProxySettings
+from llmlb_fast.proxy import Hooks, ProxyServer, ProxySettings
 from llmlb_fast.proxy.ext_proc import EndpointPicker, add_to_server
 from llmlb_fast.runtime import RouterRuntime
 
@@ -45,27 +45,19 @@ class TrafficController:
         settings = proxy_settings(config)
         # No on_timeout hook: a timeout also arrives as a completion with outcome
         # "timeout", which is what request_timeout_total counts.
+        hooks = Hooks(
+            on_complete=runtime.observe_completion,
+            pick_policy=runtime.canary_policy,
+            on_route=runtime.observe_route,
+            on_ttft=runtime.observe_ttft,
+        )
         self.proxy: ProxyServer | None = None
         if config.enabled:
-            self.proxy = ProxyServer(
-                runtime.router,
-                settings,
-                on_complete=runtime.observe_completion,
-                pick_policy=runtime.canary_policy,
-                on_route=runtime.observe_route,
-                on_ttft=runtime.observe_ttft,
-            )
+            self.proxy = ProxyServer(runtime.router, settings, hooks)
             runtime.bus.add_listener(self._on_event)
         self.picker: EndpointPicker | None = None
         if config.ext_proc.enabled:
-            self.picker = EndpointPicker(
-                runtime.router,
-                settings,
-                on_complete=runtime.observe_completion,
-                pick_policy=runtime.canary_policy,
-                on_route=runtime.observe_route,
-                on_ttft=runtime.observe_ttft,
-            )
+            self.picker = EndpointPicker(runtime.router, settings, hooks)
             add_to_server(self.picker, grpc_server)
         self.port: int | None = None
 

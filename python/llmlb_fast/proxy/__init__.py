@@ -2,6 +2,7 @@
 endpoint picker, both driving a :class:`llmlb_fast.Router` from request start to end."""
 
 from llmlb_fast.proxy.app import ProxyServer
+from llmlb_fast.proxy.forward import Hooks
 from llmlb_fast.proxy.settings import ProxySettings
 
-__all__ = ["ProxyServer", "ProxySettings"]
+__all__ = ["Hooks", "ProxyServer", "ProxySettings"]

@@ -12,11 +12,6 @@ from llmlb_fast.proxy.errors import ProxyError, body_too_large, no_backend, unkn
 from llmlb_fast.proxy.forward import (
     Forwarder,
     Hooks,
-    OnComplete,
-    OnRoute,
-    OnTimeout,
-    OnTtft,
-    PickPolicy,
     proxy_error_response,
 )
 from llmlb_fast.proxy.migration import MovableRequests
@@ -32,10 +27,9 @@ class ProxyServer:
     """Serves ``/v1/completions``, ``/v1/chat/completions`` and ``/v1/models`` in front of
     the router's nodes (each node's ``address`` is the backend base URL).
 
-    ``on_complete`` gets every Completion (breaker and metrics), ``on_timeout`` the node
-    id of each request that hit the timeout, ``pick_policy`` the ``x-session-id`` header
-    and returns a policy for the request (canary) or None, ``on_route`` each decision and
-    the seconds it took, ``on_ttft`` each streamed request's time to first token.
+    ``hooks`` (:class:`~llmlb_fast.proxy.forward.Hooks`) are the service's callbacks:
+    completions (breaker and metrics), timeouts, the canary's policy per session,
+    each decision and its latency, each streamed request's time to first token.
     While ``draining`` is set, new requests get a 503.
     """
 
@@ -43,12 +37,7 @@ class ProxyServer:
         self,
         router: Router,
         settings: ProxySettings | None = None,
-        *,
-        on_complete: OnComplete | None = None,
-        on_timeout: OnTimeout | None = None,
-        pick_policy: PickPolicy | None = None,
-        on_route: OnRoute | None = None,
-        on_ttft: OnTtft | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.router = router
         self.settings = settings or ProxySettings()
@@ -60,7 +49,7 @@ class ProxyServer:
             router,
             self._upstream,
             self.settings,
-            Hooks(on_complete, on_timeout, pick_policy, on_route, on_ttft),
+            hooks or Hooks(),
             self._movable,
         )
         self._runner: web.AppRunner | None = None

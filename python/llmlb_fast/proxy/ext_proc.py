@@ -46,11 +46,6 @@ from llmlb_fast.proxy.errors import (
 )
 from llmlb_fast.proxy.forward import (
     Hooks,
-    OnComplete,
-    OnRoute,
-    OnTimeout,
-    OnTtft,
-    PickPolicy,
 )
 from llmlb_fast.proxy.metering import ResponseMeter
 from llmlb_fast.proxy.routing_key import CHAT_PATH, RoutingKey, parse_body, routing_key
@@ -259,16 +254,11 @@ class EndpointPicker:
         self,
         router: Router,
         settings: ProxySettings | None = None,
-        *,
-        on_complete: OnComplete | None = None,
-        on_timeout: OnTimeout | None = None,
-        pick_policy: PickPolicy | None = None,
-        on_route: OnRoute | None = None,
-        on_ttft: OnTtft | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.router = router
         self.settings = settings or ProxySettings()
-        self.hooks = Hooks(on_complete, on_timeout, pick_policy, on_route, on_ttft)
+        self.hooks = hooks or Hooks()
 
     async def Process(
         self,
