@@ -232,14 +232,13 @@ def service_only(nodes: int, round_trips: int, candidates: bool) -> dict[str, An
     transport: what the service adds per round trip on top of gRPC. CPU time, so that
     other work on the machine inflates it less than wall time."""
     from llmlb_fast.config import parse_config
-    from llmlb_fast.runtime import RouterRuntime
-
-    from grpc_server.service import RouterService
+    from llmlb_fast.service.routing import RoutingService
+    from llmlb_fast.transports.grpc_api import RouterService
 
     config = parse_config(
         {"nodes": [{"id": f"n{i}", "address": f"10.0.0.{i}:8000"} for i in range(nodes)]}
     )
-    service = RouterService(RouterRuntime(config))
+    service = RouterService(RoutingService(config))
     INCLUDE_CANDIDATES[0] = candidates
     requests = [route_request("in-process", turn) for turn in range(round_trips)]
     started = time.process_time()

@@ -90,7 +90,9 @@ def serve_backend(port: int) -> None:
 
 def serve_llmlb(port: int, backends: list[str]) -> None:
     from llmlb_fast import Node, Router
-    from llmlb_fast.proxy import ProxyServer
+    from llmlb_fast.config import ServiceConfig
+    from llmlb_fast.service.routing import RoutingService
+    from llmlb_fast.transports.proxy import ProxyServer
 
     with contextlib.suppress(ImportError):
         import uvloop
@@ -99,7 +101,7 @@ def serve_llmlb(port: int, backends: list[str]) -> None:
 
     async def main() -> None:
         router = Router(None, [Node(f"n{i}", url) for i, url in enumerate(backends)])
-        proxy = ProxyServer(router)
+        proxy = ProxyServer(RoutingService(ServiceConfig(), router))
         await proxy.start("127.0.0.1", port)
         await asyncio.Event().wait()
 

@@ -34,7 +34,7 @@ def layer_of(frames: list[str]) -> str | None:
         return "rust core"
     if "prometheus_client" in stack:
         return "prometheus_client"
-    if "grpc_server/service.py" in stack or "llmlb_fast/runtime.py" in stack:
+    if "llmlb_fast/transports/grpc_api.py" in stack or "llmlb_fast/service/routing.py" in stack:
         return "service python"
     if leaf.startswith("sendmsg"):
         return "sendmsg syscall"

@@ -25,11 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llmlb_fast.config import load_config  # noqa: E402
-from llmlb_fast.runtime import RouterRuntime  # noqa: E402
+from llmlb_fast.service.routing import RoutingService  # noqa: E402
+from llmlb_fast.transports.grpc_api import REQUEST_ERRORS, RouterService, status_code_of  # noqa: E402
 
 from grpc_server.llmlb.v1 import router_pb2 as pb  # noqa: E402
 from grpc_server.llmlb.v1 import router_pb2_grpc as pb_grpc  # noqa: E402
-from grpc_server.service import REQUEST_ERRORS, RouterService, status_code_of  # noqa: E402
 
 
 def _abort(context: grpc.ServicerContext, error: Exception) -> NoReturn:
@@ -75,7 +75,7 @@ def main() -> int:
     parser.add_argument("--log-level", default="WARNING")  # accepted like llmlb serve's
     args = parser.parse_args()
     config = load_config(args.config)
-    service = RouterService(RouterRuntime(config))
+    service = RouterService(RoutingService(config))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.threads))
     pb_grpc.add_RouterServicer_to_server(SyncRouter(service), server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port(config.server.listen)

@@ -11,10 +11,10 @@ from typing import Any
 import grpc
 import yaml
 from llmlb_fast.config import parse_config
+from llmlb_fast.server import RoutingServer
 
 from grpc_server.llmlb.v1 import router_pb2 as pb
 from grpc_server.llmlb.v1 import router_pb2_grpc as pb_grpc
-from grpc_server.server import RoutingServer
 
 BASE_CONFIG: dict[str, Any] = {
     "server": {"listen": "127.0.0.1:0", "metrics_port": None},

@@ -174,7 +174,7 @@ def test_breaker_events_are_posted_to_the_webhook() -> None:
                 if received:
                     break
                 await asyncio.sleep(0.01)
-            await s.server.runtime.alerter.drain()
+            await s.server.service.alerter.drain()
 
     try:
         asyncio.run(scenario())

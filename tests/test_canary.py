@@ -7,7 +7,7 @@ import random
 
 import pytest
 from grpc_harness import running_server
-from llmlb_fast.canary import CanarySplit, bucket_of
+from llmlb_fast.service.canary import CanarySplit, bucket_of
 
 from grpc_server.llmlb.v1 import router_pb2 as pb
 
@@ -58,7 +58,7 @@ def test_canary_over_grpc_uses_the_canary_policy() -> None:
                 for j in range(5)
             }
             assert len(again) == 1
-            completions = s.server.runtime.telemetry.completions
+            completions = s.server.service.telemetry.completions
             assert completions.labels("round_robin", "ok")._value.get() == counts["round_robin"]
             assert completions.labels("llmlb", "ok")._value.get() == counts["llmlb"]
 

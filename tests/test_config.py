@@ -103,7 +103,7 @@ def test_node_models_default_to_any_and_must_be_names() -> None:
 
 
 def test_proxy_section_defaults_and_errors() -> None:
-    from llmlb_fast.traffic import proxy_settings
+    from llmlb_fast.transports.proxy.settings import proxy_settings
 
     default = parse_config({}).proxy
     assert (default.enabled, default.listen, default.ext_proc.enabled) == (

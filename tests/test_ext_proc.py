@@ -13,9 +13,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import json_format
 from llmlb_fast import Completion, Node, Router, RouterConfig
-from llmlb_fast.proxy import Hooks, ProxySettings
-from llmlb_fast.proxy.ext_proc import EndpointPicker, add_to_server
+from llmlb_fast.transports.ext_proc import EndpointPicker, add_to_server
+from llmlb_fast.transports.proxy import ProxySettings
 from proxy_backends import sse_chunks
+from service_harness import RecordingService
 
 NODES = [Node("a", "http://127.0.0.1:18001"), Node("b", "http://10.0.0.2:8000")]
 ENDPOINTS = {"a": "127.0.0.1:18001", "b": "10.0.0.2:8000"}
@@ -91,13 +92,16 @@ class Picker:
         nodes: list[Node] | None = None,
     ) -> None:
         self.router = Router(RouterConfig(policy=policy), NODES if nodes is None else nodes)
-        self.completions: list[Completion] = []
-        self.timeouts: list[str] = []
-        self.picker = EndpointPicker(
-            self.router,
-            settings,
-            Hooks(on_complete=self.completions.append, on_timeout=self.timeouts.append),
-        )
+        self.service = RecordingService(self.router)
+        self.picker = EndpointPicker(self.service, settings)
+
+    @property
+    def completions(self) -> list[Completion]:
+        return self.service.completions
+
+    @property
+    def timeouts(self) -> list[str]:
+        return self.service.timed_out_nodes
 
     async def __aenter__(self) -> Picker:
         self.server = grpc.aio.server()
@@ -289,5 +293,43 @@ def test_bodyless_request_is_routed_at_the_headers() -> None:
             await envoy.send(end)
             await envoy.close()
             assert [c.outcome for c in p.completions] == ["ok"]
+
+    run(scenario)
+
+
+def test_draining_service_answers_unavailable_and_counts_the_refusal() -> None:
+    async def scenario() -> None:
+        async with Picker() as p:
+            p.service.drain()
+            envoy = Envoy(p.stub)
+            await envoy.send(request_headers())
+            reply = await envoy.send(request_body(CHAT))
+            assert reply.WhichOneof("response") == "immediate_response"
+            assert reply.immediate_response.status.code == 503
+            assert "draining" in json.loads(reply.immediate_response.body)["error"]["message"]
+            await envoy.close()
+            assert p.router.in_flight_total == 0
+            assert p.service.route_errors("ext_proc", "draining") == 1
+
+    run(scenario)
+
+
+def test_route_errors_are_counted_by_kind() -> None:
+    async def scenario() -> None:
+        async with Picker(nodes=[Node("a", "http://127.0.0.1:18001", models=["m"])]) as p:
+            envoy = Envoy(p.stub)
+            await envoy.send(request_headers())
+            reply = await envoy.send(request_body({**CHAT, "model": "gpt-9"}))
+            assert reply.immediate_response.status.code == 404
+            await envoy.close()
+            p.router.set_breaker_state("a", "open")
+            envoy = Envoy(p.stub)
+            await envoy.send(request_headers())
+            reply = await envoy.send(request_body(CHAT))
+            assert reply.immediate_response.status.code == 503
+            await envoy.close()
+            assert p.service.route_errors("ext_proc", "unknown_model") == 1
+            assert p.service.route_errors("ext_proc", "no_available_node") == 1
+            assert p.service.route_errors("proxy", "unknown_model") == 0
 
     run(scenario)

@@ -48,9 +48,9 @@ def test_unknown_model_is_not_found_and_loses_nothing() -> None:
                 CODE.NOT_FOUND,
             )
             assert "gpt-9" in details
-            assert s.server.runtime.router.in_flight_total == 0
-            errors = s.server.runtime.telemetry.registry.get_sample_value(
-                "llmlb_route_errors_total", {"code": "NOT_FOUND"}
+            assert s.server.service.router.in_flight_total == 0
+            errors = s.server.service.telemetry.registry.get_sample_value(
+                "llmlb_route_errors_total", {"transport": "grpc", "error": "unknown_model"}
             )
             assert errors == 1
             # The same request id is free: the refused call left nothing in flight.
@@ -97,20 +97,20 @@ def test_sweeper_observes_requests_expired_inside_route() -> None:
             "breaker": {"failure_threshold": 1, "cooldown": 60},
         }
         async with running_server(config) as s:
-            runtime = s.server.runtime
+            service = s.server.service
             stale = await s.stub.Route(pb.RouteRequest(text="x", model="llama-3-70b"))
             assert stale.node_id == "a"
             await asyncio.sleep(0.3)
             # This route's own sweep releases the stale request on node a.
             await route_and_complete(s.stub, "y", model="qwen-2-7b")
-            assert runtime.router.in_flight_request_ids("a") == []
+            assert service.router.in_flight_request_ids("a") == []
             await expect_error(
                 s.stub.Complete(
                     pb.CompleteRequest(request_id=stale.request_id, outcome=pb.OUTCOME_OK)
                 ),
                 CODE.NOT_FOUND,
             )
-            registry = runtime.telemetry.registry
+            registry = service.telemetry.registry
             for _ in range(300):  # the sweeper runs every second
                 timeouts = registry.get_sample_value("request_timeout_total", {"node": "a"})
                 if timeouts:
@@ -121,7 +121,7 @@ def test_sweeper_observes_requests_expired_inside_route() -> None:
                 "llmlb_completions_total", {"policy": "llmlb", "outcome": "expired"}
             )
             assert expired == 1
-            assert runtime.breakers.state("a") == "open"
+            assert service.breakers.state("a") == "open"
             nodes = {n.node.id: n for n in (await s.stub.ListNodes(pb.ListNodesRequest())).nodes}
             assert nodes["a"].breaker_state == "open"
             assert nodes["b"].breaker_state == "closed"

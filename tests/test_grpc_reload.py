@@ -82,7 +82,7 @@ def test_invalid_file_is_rejected_and_old_config_kept(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_server({"server": FAST_POLL}, config_path=path) as s:
             watcher = await EventWatcher(s).start()
-            good = s.server.runtime.config
+            good = s.server.service.config
             path.write_text("policy: llmlb\nscheduling:\n  prefix_cache_sise: 10\n")
             rejected = await watcher.wait_for(pb.EVENT_KIND_CONFIG_REJECTED)
             assert "scheduling.prefix_cache_sise" in rejected.reason
@@ -92,10 +92,10 @@ def test_invalid_file_is_rejected_and_old_config_kept(tmp_path: Path) -> None:
             write_config(path, merged({"server": FAST_POLL, "policy": "no_such_policy"}))
             rejected = await watcher.wait_for(pb.EVENT_KIND_CONFIG_REJECTED)
             assert "no_such_policy" in rejected.reason
-            assert s.server.runtime.config is good
+            assert s.server.service.config is good
             routed = await route_and_complete(s.stub, "still routing")
             assert routed.policy == "llmlb"
-            rejections = s.server.runtime.telemetry.config_reloads.labels("rejected")._value.get()
+            rejections = s.server.service.telemetry.config_reloads.labels("rejected")._value.get()
             assert rejections == 3
             watcher.cancel()
 

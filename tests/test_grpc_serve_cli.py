@@ -61,16 +61,22 @@ def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:
     assert "nodes.0.adress" in result.stdout
 
 
-def test_the_service_package_is_found_from_any_directory(tmp_path: Path) -> None:
-    """A wheel ships ``grpc_server``; an editable install finds it at the repository root."""
+def test_the_wire_package_imports_from_any_directory_without_path_patches(
+    tmp_path: Path,
+) -> None:
+    """A wheel ships ``grpc_server``; an editable install sees the repository's copy
+    through ``python/grpc_server`` (a symlink). Importing the server patches no path."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     script = (
-        "from llmlb_fast.grpc_path import ensure_grpc_server\n"
-        "print(ensure_grpc_server())\n"
-        "import grpc_server.server\n"
+        "import sys\n"
+        "before = list(sys.path)\n"
+        "import llmlb_fast.server, grpc_server.llmlb.v1.router_pb2 as pb\n"
+        "assert sys.path == before, 'sys.path was patched'\n"
+        "print(pb.__file__)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert (Path(done.stdout.strip()) / "grpc_server" / "__init__.py").is_file()
+    stubs = Path(done.stdout.strip()).resolve()
+    assert stubs.name == "router_pb2.py" and stubs.parent.name == "v1"

@@ -9,10 +9,10 @@ import grpc
 from grpc_harness import expect_error, route_and_complete, running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from llmlb_fast.server import SERVICE_NAME
 from prometheus_client.parser import text_string_to_metric_families
 
 from grpc_server.llmlb.v1 import router_pb2 as pb
-from grpc_server.server import SERVICE_NAME
 
 CODE = grpc.StatusCode
 SYSTEM_PROMPT = "You are a helpful assistant. " * 20

@@ -61,7 +61,7 @@ def test_a_batch_is_answered_in_order_and_errors_do_not_end_the_stream() -> None
             assert last.tag == 14 and last.complete.node_id == results[6].route.node_id
             await call.done_writing()
             assert await call.code() == CODE.OK
-            assert s.server.runtime.router.in_flight_total == 0
+            assert s.server.service.router.in_flight_total == 0
 
     asyncio.run(scenario())
 
@@ -86,7 +86,7 @@ def test_stream_client_multiplexes_concurrent_callers() -> None:
             assert refused.value.code == CODE.NOT_FOUND
             nodes = (await s.stub.ListNodes(pb.ListNodesRequest())).nodes
             assert sum(n.routed_total for n in nodes) == 50
-            assert s.server.runtime.router.in_flight_total == 0
+            assert s.server.service.router.in_flight_total == 0
 
     asyncio.run(scenario())
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from llmlb_fast import Completion, Node, Router, RouterConfig
-from llmlb_fast.proxy import Hooks, ProxyServer, ProxySettings
-from llmlb_fast.proxy.routing_key import render_messages, routing_key
+from llmlb_fast.transports.proxy import ProxyServer, ProxySettings
+from llmlb_fast.transports.proxy.routing_key import render_messages, routing_key
 from proxy_backends import MODEL, Backend, completion_json, sse_chunks
+from service_harness import RecordingService
 
 
 @dataclass
@@ -31,8 +32,9 @@ async def running(
         await backend.start()
     nodes = [Node(b.name, b.address) for b in backends]
     router = Router(RouterConfig(policy=policy), nodes)
-    completions: list[Completion] = []
-    proxy = ProxyServer(router, settings, Hooks(on_complete=completions.append))
+    service = RecordingService(router)
+    completions = service.completions
+    proxy = ProxyServer(service, settings)
     port = await proxy.start()
     client = aiohttp.ClientSession(auto_decompress=False)
     try:
@@ -271,7 +273,7 @@ def test_node_address_without_scheme_means_http() -> None:
         backend = Backend("a")
         await backend.start()
         router = Router(None, [Node("a", backend.address.removeprefix("http://"))])
-        proxy = ProxyServer(router)
+        proxy = ProxyServer(RecordingService(router))
         port = await proxy.start()
         async with aiohttp.ClientSession() as client:
             body = {"model": MODEL, "prompt": "hi"}
@@ -281,5 +283,28 @@ def test_node_address_without_scheme_means_http() -> None:
         await proxy.stop()
         await backend.stop()
         assert router.in_flight_total == 0
+
+    run(scenario)
+
+
+def test_refusals_are_counted_and_draining_answers_503() -> None:
+    async def scenario() -> None:
+        backend = Backend("a")
+        async with running([backend]) as h:
+            service = h.proxy.service
+            assert isinstance(service, RecordingService)
+            await expect_error(
+                h, 404, "model_not_found", json_body={"model": "nope", "prompt": "x"}
+            )
+            h.router.set_breaker_state("a", "open")
+            await expect_error(h, 503, "no_backend_available", json_body=stream_body())
+            h.router.set_breaker_state("a", "closed")
+            service.drain()
+            await expect_error(h, 503, "no_backend_available", json_body=stream_body())
+            assert backend.received == []
+            assert service.route_errors("proxy", "unknown_model") == 1
+            assert service.route_errors("proxy", "no_available_node") == 1
+            assert service.route_errors("proxy", "draining") == 1
+        assert h.completions == []
 
     run(scenario)

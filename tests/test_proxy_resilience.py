@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 from llmlb_fast import Completion, Node, Router, RouterConfig
-from llmlb_fast.proxy import Hooks, ProxyServer, ProxySettings
+from llmlb_fast.transports.proxy import ProxyServer, ProxySettings
 from proxy_backends import MODEL, Backend, closed_port_address, sse_chunks
+from service_harness import RecordingService
 
 FAST_RETRY = ProxySettings(backoff_base_s=0.001, backoff_cap_s=0.01)
 
@@ -45,19 +46,22 @@ class Cluster:
         self.extra_nodes = extra_nodes or []
         self.settings = settings
         self.policy = policy
-        self.completions: list[Completion] = []
-        self.timeouts: list[str] = []
+
+    @property
+    def completions(self) -> list[Completion]:
+        return self.service.completions
+
+    @property
+    def timeouts(self) -> list[str]:
+        return self.service.timed_out_nodes
 
     async def __aenter__(self) -> Cluster:
         for backend in self.backends:
             await backend.start()
         nodes = [*self.extra_nodes, *(Node(b.name, b.address) for b in self.backends)]
         self.router = Router(RouterConfig(policy=self.policy), nodes)
-        self.proxy = ProxyServer(
-            self.router,
-            self.settings,
-            Hooks(on_complete=self.completions.append, on_timeout=self.timeouts.append),
-        )
+        self.service = RecordingService(self.router)
+        self.proxy = ProxyServer(self.service, self.settings)
         self.url = f"http://127.0.0.1:{await self.proxy.start()}"
         self.client = aiohttp.ClientSession()
         return self
@@ -260,7 +264,7 @@ def test_backend_dying_mid_stream_truncates_the_client_stream() -> None:
 def test_backoff_is_jittered_and_capped() -> None:
     import random
 
-    from llmlb_fast.proxy.upstream import backoff_delay
+    from llmlb_fast.transports.proxy.upstream import backoff_delay
 
     settings = ProxySettings(backoff_base_s=0.01, backoff_cap_s=0.05)
     rng = random.Random(7)

@@ -26,8 +26,6 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmlb_fast.grpc_path import ensure_grpc_server
-
 log = logging.getLogger("llmlb.agent")
 
 BACKOFF_INITIAL_S = 0.1
@@ -221,7 +219,6 @@ class MetricsReporter:
     async def _stream_once(self) -> None:
         import grpc
 
-        ensure_grpc_server()
         from grpc_server.llmlb.v1 import router_pb2 as pb
         from grpc_server.llmlb.v1 import router_pb2_grpc as pb_grpc
 

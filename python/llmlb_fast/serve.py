@@ -15,7 +15,6 @@ import signal
 
 from llmlb_fast.config import load_config
 from llmlb_fast.errors import ConfigError
-from llmlb_fast.grpc_path import ensure_grpc_server
 
 HELP = "run the gRPC routing service (config hot reload, /metrics, breakers, canary)"
 
@@ -32,8 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def serve(config_path: str, listen: str | None) -> int:
     # Imported here so that `llmlb --help` does not load gRPC.
-    ensure_grpc_server()
-    from grpc_server.server import RoutingServer
+    from llmlb_fast.server import RoutingServer
 
     config = load_config(config_path)
     if listen is not None:
@@ -48,7 +46,7 @@ async def serve(config_path: str, listen: str | None) -> int:
         loop.add_signal_handler(sig, stop.set)
     print(
         f"llmlb serving on port {server.port}; metrics port {server.metrics_port}; "
-        f"proxy port {server.traffic.port}",
+        f"proxy port {server.proxy_port}",
         flush=True,
     )
     await stop.wait()

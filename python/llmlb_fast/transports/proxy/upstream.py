@@ -11,7 +11,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from llmlb_fast.proxy.settings import ProxySettings
+from llmlb_fast.transports.proxy.settings import ProxySettings
 
 # Headers that belong to one connection and are never forwarded (RFC 9110 section 7.6.1),
 # plus the ones aiohttp recomputes for the new message.

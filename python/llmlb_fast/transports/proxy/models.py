@@ -8,9 +8,9 @@ import logging
 import time
 from typing import Any
 
-from llmlb_fast import Router
-from llmlb_fast.proxy.settings import ProxySettings
-from llmlb_fast.proxy.upstream import Upstream
+from llmlb_fast.service.routing import RoutingService
+from llmlb_fast.transports.proxy.settings import ProxySettings
+from llmlb_fast.transports.proxy.upstream import Upstream
 
 log = logging.getLogger("llmlb.proxy")
 
@@ -21,8 +21,10 @@ def configured_model(model_id: str) -> dict[str, Any]:
 
 
 class ModelCatalog:
-    def __init__(self, router: Router, upstream: Upstream, settings: ProxySettings) -> None:
-        self._router = router
+    def __init__(
+        self, service: RoutingService, upstream: Upstream, settings: ProxySettings
+    ) -> None:
+        self._service = service
         self._upstream = upstream
         self._settings = settings
         self._models: list[dict[str, Any]] = []
@@ -65,7 +67,7 @@ class ModelCatalog:
         await asyncio.shield(self._start_refresh())
 
     async def _fetch_all(self) -> None:
-        nodes = [status.node for status in self._router.nodes()]
+        nodes = [status.node for status in self._service.nodes()]
         addresses = sorted({node.address for node in nodes if node.address})
         answers = await asyncio.gather(*(self._fetch(a) for a in addresses))
         merged: dict[str, dict[str, Any]] = {}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from llmlb_fast._core import Completion, Router
 from llmlb_fast.config import BreakerConfig
 from llmlb_fast.errors import UnknownNodeError
-from llmlb_fast.events import (
+from llmlb_fast.service.events import (
     BREAKER_CLOSED,
     BREAKER_HALF_OPENED,
     BREAKER_OPENED,

@@ -7,51 +7,40 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from llmlb_fast import Router
-from llmlb_fast.proxy.errors import ProxyError, body_too_large, no_backend, unknown_model
-from llmlb_fast.proxy.forward import (
+from llmlb_fast.errors import UnknownModelError
+from llmlb_fast.service.routing import PROXY, RoutingService
+from llmlb_fast.transports.http_errors import ProxyError, body_too_large, unknown_model
+from llmlb_fast.transports.proxy.forward import (
     Forwarder,
-    Hooks,
     proxy_error_response,
 )
-from llmlb_fast.proxy.migration import MovableRequests
-from llmlb_fast.proxy.models import ModelCatalog
-from llmlb_fast.proxy.routing_key import CHAT_PATH, COMPLETIONS_PATH, parse_body, routing_key
-from llmlb_fast.proxy.settings import ProxySettings
-from llmlb_fast.proxy.upstream import Upstream
+from llmlb_fast.transports.proxy.migration import MovableRequests
+from llmlb_fast.transports.proxy.models import ModelCatalog
+from llmlb_fast.transports.proxy.routing_key import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
+    parse_body,
+    routing_key,
+)
+from llmlb_fast.transports.proxy.settings import ProxySettings
+from llmlb_fast.transports.proxy.upstream import Upstream
 
 log = logging.getLogger("llmlb.proxy")
 
 
 class ProxyServer:
     """Serves ``/v1/completions``, ``/v1/chat/completions`` and ``/v1/models`` in front of
-    the router's nodes (each node's ``address`` is the backend base URL).
-
-    ``hooks`` (:class:`~llmlb_fast.proxy.forward.Hooks`) are the service's callbacks:
-    completions (breaker and metrics), timeouts, the canary's policy per session,
-    each decision and its latency, each streamed request's time to first token.
-    While ``draining`` is set, new requests get a 503.
+    the service's nodes (each node's ``address`` is the backend base URL). Every request
+    is routed and completed through ``service``; while it drains, new requests get a 503.
     """
 
-    def __init__(
-        self,
-        router: Router,
-        settings: ProxySettings | None = None,
-        hooks: Hooks | None = None,
-    ) -> None:
-        self.router = router
+    def __init__(self, service: RoutingService, settings: ProxySettings | None = None) -> None:
+        self.service = service
         self.settings = settings or ProxySettings()
-        self.draining = False
         self._upstream = Upstream(self.settings)
         self._movable = MovableRequests()
-        self._catalog = ModelCatalog(router, self._upstream, self.settings)
-        self._forwarder = Forwarder(
-            router,
-            self._upstream,
-            self.settings,
-            hooks or Hooks(),
-            self._movable,
-        )
+        self._catalog = ModelCatalog(service, self._upstream, self.settings)
+        self._forwarder = Forwarder(service, self._upstream, self.settings, self._movable)
         self._runner: web.AppRunner | None = None
         self.app = self._build_app()
 
@@ -94,11 +83,10 @@ class ProxyServer:
 
     async def _completion(self, request: web.Request) -> web.StreamResponse:
         try:
-            if self.draining:
-                raise no_backend("The server is draining; send the request elsewhere.")
             raw = await self._read_body(request)
             key = routing_key(request.path, parse_body(raw))
             if await self._catalog.knows(key.model) is False:
+                self.service.count_refusal(PROXY, UnknownModelError(key.model))
                 raise unknown_model(key.model)
             return await self._forwarder.forward(request, request.path, raw, key)
         except ProxyError as error:
@@ -127,7 +115,7 @@ class ProxyServer:
         return web.json_response({"object": "list", "data": models})
 
     async def _health(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "in_flight": self.router.in_flight_total})
+        return web.json_response({"status": "ok", "in_flight": self.service.in_flight_total})
 
     async def _not_found(self, request: web.Request) -> web.Response:
         return proxy_error_response(

@@ -1,8 +1,19 @@
-"""OpenAI-style error responses: ``{"error": {"message", "type", "code"}}``."""
+"""OpenAI-style error responses (``{"error": {"message", "type", "code"}}``), and the one
+mapping from the routing service's errors to them, shared by the HTTP proxy and the
+ext_proc picker."""
 
 from __future__ import annotations
 
 import json
+
+from llmlb_fast.errors import (
+    DuplicateRequestError,
+    NoAvailableNodeError,
+    TableFullError,
+    UnknownModelError,
+    UnknownNodeError,
+)
+from llmlb_fast.service.routing import DrainingError
 
 
 class ProxyError(Exception):
@@ -54,3 +65,20 @@ def upstream_timeout(timeout_s: float) -> ProxyError:
     return ProxyError(
         504, f"The backend did not answer within {timeout_s:g} s.", "timeout", "upstream_timeout"
     )
+
+
+def draining() -> ProxyError:
+    return no_backend("The server is draining; send the request elsewhere.")
+
+
+def route_error(error: Exception, model: str) -> ProxyError:
+    """What a client sees when the routing service refused its request."""
+    if isinstance(error, DrainingError):
+        return draining()
+    if isinstance(error, UnknownModelError):
+        return unknown_model(model)
+    if isinstance(error, NoAvailableNodeError | UnknownNodeError | TableFullError):
+        return no_backend(f"No backend can take the request: {error}")
+    if isinstance(error, DuplicateRequestError):
+        return ProxyError(409, str(error), "invalid_request_error", "duplicate_request")
+    return invalid_request(str(error))

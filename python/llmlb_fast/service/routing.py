@@ -1,6 +1,11 @@
-"""The routing service without its transport: the router plus breakers, canary,
-config reload, events and metrics. The gRPC layer (``grpc_server``) only translates
-messages to these calls. Everything here runs on one asyncio event loop.
+"""The routing service: the one front door into the router for every transport.
+
+gRPC (unary and stream), the HTTP proxy and the Envoy ext_proc picker only translate
+their messages into :meth:`RoutingService.route` and :meth:`RoutingService.complete`;
+none of them calls the core ``Router`` directly. Here, once for all of them: the
+draining flag, the canary's choice of policy, timing, route-error counting, telemetry,
+and breaker feedback from every completion. Nodes, metrics and config changes come
+through the same object. Everything runs on one asyncio event loop.
 """
 
 from __future__ import annotations
@@ -13,21 +18,55 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from llmlb_fast._core import Completion, Node, NodeStatus, RouteDecision, Router
-from llmlb_fast.alerts import WebhookAlerter
-from llmlb_fast.breaker import BreakerBoard
-from llmlb_fast.canary import CanarySplit
 from llmlb_fast.config import ServiceConfig
-from llmlb_fast.errors import ConfigError
-from llmlb_fast.events import CONFIG_REJECTED, CONFIG_RELOADED, Event, EventBus
-from llmlb_fast.telemetry import Telemetry
+from llmlb_fast.errors import (
+    ConfigError,
+    DuplicateRequestError,
+    InvalidInputError,
+    LlmlbError,
+    NoAvailableNodeError,
+    TableFullError,
+    UnknownModelError,
+    UnknownNodeError,
+)
+from llmlb_fast.service.alerts import WebhookAlerter
+from llmlb_fast.service.breakers import BreakerBoard
+from llmlb_fast.service.canary import CanarySplit
+from llmlb_fast.service.events import CONFIG_REJECTED, CONFIG_RELOADED, Event, EventBus
+from llmlb_fast.service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 EXPIRY_SWEEP_INTERVAL_S = 1.0
 
+# Transport names, the ``transport`` label of the route-error metric.
+GRPC, PROXY, EXT_PROC = "grpc", "proxy", "ext_proc"
 
-class UnknownRequestError(KeyError):
-    """Complete named a request that is not in flight (unknown or already completed)."""
+
+class DrainingError(LlmlbError):
+    """The service is stopping and takes no new requests."""
+
+    def __init__(self) -> None:
+        super().__init__("server is draining; route elsewhere")
+
+
+# Why a route was refused, as the ``error`` label of llmlb_route_errors_total.
+_ROUTE_ERROR_KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (DrainingError, "draining"),
+    (UnknownModelError, "unknown_model"),
+    (NoAvailableNodeError, "no_available_node"),
+    (DuplicateRequestError, "duplicate_request"),
+    (TableFullError, "table_full"),
+    (UnknownNodeError, "unknown_node"),
+    (InvalidInputError, "invalid_input"),
+)
+
+
+def route_error_kind(error: Exception) -> str:
+    for error_type, kind in _ROUTE_ERROR_KINDS:
+        if isinstance(error, error_type):
+            return kind
+    return "invalid_input"  # a ValueError/TypeError from argument conversion
 
 
 class Routed(NamedTuple):
@@ -41,7 +80,10 @@ def _canary_of(config: ServiceConfig) -> CanarySplit | None:
     return CanarySplit(config.canary.policy, config.canary.percent)
 
 
-class RouterRuntime:
+class RoutingService:
+    """``config`` is the service config; ``router`` an already built core router (by
+    default one is built from the config)."""
+
     def __init__(self, config: ServiceConfig, router: Router | None = None) -> None:
         self.config = config
         self.router = router or Router(config.router_config(), config.router_nodes())
@@ -53,12 +95,15 @@ class RouterRuntime:
         self.alerter = WebhookAlerter(config.alerts.webhook_url, config.alerts.timeout)
         self.bus.add_listener(self.telemetry.observe_event)
         self.bus.add_listener(self.alerter.on_event)
+        # Set once when the server starts stopping; every transport refuses new work.
+        self.draining = False
         self._sweeper: asyncio.Task[None] | None = None
 
     # --- requests -----------------------------------------------------------------
 
     def route(
         self,
+        transport: str,
         prompt: str | None = None,
         *,
         token_ids: Sequence[int] | None = None,
@@ -66,25 +111,38 @@ class RouterRuntime:
         session_id: str = "",
         expected_output_tokens: int | None = None,
         model: str | None = None,
+        exclude: Sequence[str] | None = None,
     ) -> Routed:
-        """Raises UnknownModelError when no node serves ``model``, NoAvailableNodeError,
-        DuplicateRequestError, InvalidInputError."""
-        canary_policy = None
-        if self.canary is not None:
-            canary_policy = self.canary.choose(session_id, request_id or "")
-        started = time.perf_counter()
-        decision = self.router.route(
-            prompt,
-            token_ids=token_ids,
-            request_id=request_id,
-            expected_output_tokens=expected_output_tokens,
-            model=model,
-            policy=canary_policy,
-        )
+        """Routes one request and counts it in flight on the chosen node. Raises
+        DrainingError, UnknownModelError, NoAvailableNodeError, DuplicateRequestError,
+        InvalidInputError (each counted under ``transport`` before it propagates)."""
+        try:
+            if self.draining:
+                raise DrainingError()
+            canary_policy = None
+            if self.canary is not None:
+                canary_policy = self.canary.choose(session_id, request_id or "")
+            started = time.perf_counter()
+            decision = self.router.route(
+                prompt,
+                token_ids=token_ids,
+                request_id=request_id,
+                expected_output_tokens=expected_output_tokens,
+                model=model,
+                exclude=exclude,
+                policy=canary_policy,
+            )
+        except (LlmlbError, ValueError, TypeError, OverflowError) as error:
+            self.telemetry.count_route_error(transport, route_error_kind(error))
+            raise
         self.telemetry.observe_route(
             decision.policy, decision.reason, time.perf_counter() - started
         )
         return Routed(decision, canary_policy is not None)
+
+    def count_refusal(self, transport: str, error: Exception) -> None:
+        """A request a transport refused before routing it (the proxy's model check)."""
+        self.telemetry.count_route_error(transport, route_error_kind(error))
 
     def complete(
         self,
@@ -94,37 +152,22 @@ class RouterRuntime:
         ttft_s: float | None = None,
         tokens_in: int = 0,
         tokens_out: int = 0,
-    ) -> Completion:
+    ) -> Completion | None:
+        """Releases a routed request exactly once; None when it is not in flight
+        (unknown, already completed or expired). Metrics and breakers see it once."""
         completion = self.router.complete(
             request_id, outcome, ttft_s=ttft_s, tokens_in=tokens_in, tokens_out=tokens_out
         )
         if completion is None:
-            raise UnknownRequestError(
-                f"request {request_id!r} is not in flight (unknown, already completed or expired)"
-            )
+            return None
         if ttft_s is not None:
             self.telemetry.observe_ttft(completion.policy, ttft_s)
         self._observe_completion(completion)
         return completion
 
-    def canary_policy(self, session_id: str | None) -> str | None:
-        """The policy for a request that routes itself (proxy, ext_proc): the canary's for
-        a request in its share (sticky per session id; a random draw without one)."""
-        if self.canary is None:
-            return None
-        return self.canary.choose(session_id or "")
-
-    def observe_route(self, decision: RouteDecision, seconds: float) -> None:
-        """Metrics of a decision made by the proxy or the ext_proc picker."""
-        self.telemetry.observe_route(decision.policy, decision.reason, seconds)
-
-    def observe_ttft(self, completion: Completion, ttft_s: float) -> None:
-        self.telemetry.observe_ttft(completion.policy, ttft_s)
-
-    def observe_completion(self, completion: Completion) -> None:
-        """A completion made by the proxy or the ext_proc picker (they call
-        ``Router.complete`` themselves): metrics and breakers see it once."""
-        self._observe_completion(completion)
+    @property
+    def in_flight_total(self) -> int:
+        return self.router.in_flight_total
 
     def _observe_completion(self, completion: Completion) -> None:
         self.telemetry.observe_completion(completion.node_id, completion.policy, completion.outcome)
@@ -190,21 +233,26 @@ class RouterRuntime:
         self.canary = _canary_of(new)
         self.alerter.url = new.alerts.webhook_url
         self.alerter.timeout_s = new.alerts.timeout
-        notes = ["applied"]
-        if new.server.model_dump(exclude={"auth_token"}) != self.config.server.model_dump(
-            exclude={"auth_token"}
-        ):
-            notes.append("server settings other than auth_token need a restart")
-            log.warning("config reload: server settings other than auth_token need a restart")
-        if new.proxy != self.config.proxy:
-            notes.append("proxy settings need a restart")
-            log.warning("config reload: proxy settings need a restart")
+        notes = ["applied", *self._restart_notes(new)]
         self.config = new
         self.bus.publish(
             Event(
                 kind=CONFIG_RELOADED, reason="; ".join(notes), in_flight_request_ids=tuple(orphaned)
             )
         )
+
+    def _restart_notes(self, new: ServiceConfig) -> list[str]:
+        notes = []
+        old = self.config
+        if new.server.model_dump(exclude={"auth_token"}) != old.server.model_dump(
+            exclude={"auth_token"}
+        ):
+            notes.append("server settings other than auth_token need a restart")
+        if new.proxy != old.proxy:
+            notes.append("proxy settings need a restart")
+        for note in notes:
+            log.warning("config reload: %s", note)
+        return notes
 
     def reject_config(self, error: ConfigError) -> None:
         self.bus.publish(Event(kind=CONFIG_REJECTED, reason=str(error)))
@@ -218,6 +266,10 @@ class RouterRuntime:
         while True:
             await asyncio.sleep(EXPIRY_SWEEP_INTERVAL_S)
             self.expire_stale()
+
+    def drain(self) -> None:
+        """From now on every transport refuses new requests; those in flight go on."""
+        self.draining = True
 
     async def stop(self) -> None:
         if self._sweeper is not None:

@@ -1,6 +1,10 @@
-"""Builds and runs the gRPC server: Router service, health, reflection, optional TLS,
-message size limits, the /metrics endpoint, config hot reload, and the traffic
-controller (HTTP proxy, Envoy ext_proc picker) when the config enables it."""
+"""The ``llmlb serve`` process: one routing service and the transports in front of it.
+
+The gRPC server carries the ``llmlb.v1`` Router API, health, reflection and (when
+enabled) the Envoy ext_proc picker; the HTTP proxy and ``/metrics`` listen on their own
+ports; the config file is watched for hot reload. Every transport goes through the
+same :class:`~llmlb_fast.service.routing.RoutingService`.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,16 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from llmlb_fast.config import ServiceConfig
-from llmlb_fast.reload import ConfigWatcher
-from llmlb_fast.runtime import RouterRuntime
-from llmlb_fast.traffic import TrafficController
 
 from grpc_server.llmlb.v1 import router_pb2 as pb
 from grpc_server.llmlb.v1 import router_pb2_grpc as pb_grpc
-from grpc_server.service import RouterService
+from llmlb_fast.config import ServiceConfig, split_listen
+from llmlb_fast.service.events import BREAKER_OPENED, Event
+from llmlb_fast.service.reload import ConfigWatcher
+from llmlb_fast.service.routing import RoutingService
+from llmlb_fast.transports.ext_proc import EndpointPicker, add_to_server
+from llmlb_fast.transports.grpc_api import RouterService
+from llmlb_fast.transports.proxy import ProxyServer, proxy_settings
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +48,7 @@ class RoutingServer:
     def __init__(self, config: ServiceConfig, config_path: str | Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.runtime = RouterRuntime(config)
-        self.service = RouterService(self.runtime)
+        self.service = RoutingService(config)
         self.health = health.aio.HealthServicer()
         limit = config.server.max_message_bytes
         self.server = grpc.aio.server(
@@ -53,16 +58,23 @@ class RoutingServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_RouterServicer_to_server(self.service, self.server)  # type: ignore[no-untyped-call]
+        pb_grpc.add_RouterServicer_to_server(RouterService(self.service), self.server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.traffic = TrafficController(self.runtime, config.proxy, self.server)
+        settings = proxy_settings(config.proxy)
+        self.proxy = ProxyServer(self.service, settings) if config.proxy.enabled else None
+        if self.proxy is not None:
+            self.service.bus.add_listener(self._migrate_on_breaker_open)
+        self.picker: EndpointPicker | None = None
         services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        if self.traffic.picker is not None:
+        if config.proxy.ext_proc.enabled:
+            self.picker = EndpointPicker(self.service, settings)
+            add_to_server(self.picker, self.server)
             services.append(EXT_PROC_SERVICE_NAME)
         reflection.enable_server_reflection(services, self.server)
         self.watcher: ConfigWatcher | None = None
         self.port = 0
         self.metrics_port: int | None = None
+        self.proxy_port: int | None = None
 
     async def start(self, handle_sighup: bool = True) -> None:
         listen = self.config.server.listen
@@ -74,18 +86,19 @@ class RoutingServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
         await self.server.start()
-        self.runtime.start()
-        await self.traffic.start()
+        self.service.start()
+        if self.proxy is not None:
+            self.proxy_port = await self.proxy.start(*split_listen(self.config.proxy.listen))
         server = self.config.server
         if server.metrics_port is not None:
-            self.metrics_port = self.runtime.telemetry.serve_http(
+            self.metrics_port = self.service.telemetry.serve_http(
                 server.metrics_listen, server.metrics_port
             )
         if self.config_path is not None:
             self.watcher = ConfigWatcher(
                 self.config_path,
-                self.runtime.apply_config,
-                self.runtime.reject_config,
+                self.service.apply_config,
+                self.service.reject_config,
                 server.reload_poll_interval,
             )
             self.watcher.start(handle_sighup=handle_sighup)
@@ -96,32 +109,40 @@ class RoutingServer:
             self.port,
             "TLS" if credentials else "plaintext",
             self.metrics_port,
-            self.traffic.port,
-            ", ext_proc on the gRPC port" if self.traffic.picker is not None else "",
+            self.proxy_port,
+            ", ext_proc on the gRPC port" if self.picker is not None else "",
         )
 
     async def stop(self, drain_s: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING, refuse new routes and proxy requests, wait (up to
-        ``drain_s``) for routed requests (the proxy's too) to complete, then stop the
-        proxy and the server."""
-        drain_s = self.runtime.config.timeouts.drain if drain_s is None else drain_s
+        """Graceful stop: NOT_SERVING, every transport refuses new requests, routed
+        requests get up to ``drain_s`` to complete, then the proxy and the server stop."""
+        drain_s = self.service.config.timeouts.drain if drain_s is None else drain_s
         await self.health.enter_graceful_shutdown()
-        self.service.draining = True
-        self.traffic.drain()
+        self.service.drain()
         if self.watcher is not None:
             await self.watcher.stop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_s
-        while self.runtime.router.in_flight_total > 0 and loop.time() < deadline:
+        while self.service.in_flight_total > 0 and loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL_S)
-        left = self.runtime.router.in_flight_total
+        left = self.service.in_flight_total
         if left:
             log.warning("drain timed out with %d requests still in flight", left)
-        await self.traffic.stop()
-        self.runtime.bus.close()
+        if self.proxy is not None:
+            await self.proxy.stop()
+        self.service.bus.close()
         await self.server.stop(grace=1.0)
-        await self.runtime.stop()
-        self.runtime.telemetry.stop_http()
+        await self.service.stop()
+        self.service.telemetry.stop_http()
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
+
+    def _migrate_on_breaker_open(self, event: Event) -> None:
+        """A breaker that opens moves the proxy's requests on that node that have not
+        received a byte yet to other nodes."""
+        if event.kind != BREAKER_OPENED or self.proxy is None:
+            return
+        moved = self.proxy.migrate(event.node_id, event.in_flight_request_ids)
+        if moved:
+            log.warning("breaker %s open: migrating %d requests", event.node_id, len(moved))

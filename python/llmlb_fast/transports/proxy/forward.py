@@ -7,34 +7,27 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from llmlb_fast import (
-    Completion,
-    InvalidInputError,
-    NoAvailableNodeError,
-    RouteDecision,
-    Router,
-    UnknownModelError,
-)
-from llmlb_fast.proxy.errors import (
+from llmlb_fast._core import RouteDecision
+from llmlb_fast.errors import LlmlbError, NoAvailableNodeError
+from llmlb_fast.service.routing import PROXY, RoutingService
+from llmlb_fast.transports.http_errors import (
     ProxyError,
-    invalid_request,
     no_backend,
-    unknown_model,
+    route_error,
     upstream_failed,
     upstream_timeout,
 )
-from llmlb_fast.proxy.metering import ResponseMeter
-from llmlb_fast.proxy.migration import MovableRequests
-from llmlb_fast.proxy.routing_key import RoutingKey
-from llmlb_fast.proxy.settings import ProxySettings
-from llmlb_fast.proxy.upstream import (
+from llmlb_fast.transports.proxy.metering import ResponseMeter
+from llmlb_fast.transports.proxy.migration import MovableRequests
+from llmlb_fast.transports.proxy.routing_key import RoutingKey
+from llmlb_fast.transports.proxy.settings import ProxySettings
+from llmlb_fast.transports.proxy.upstream import (
     RetryableError,
     Upstream,
     backoff_delay,
@@ -44,46 +37,10 @@ from llmlb_fast.proxy.upstream import (
 
 log = logging.getLogger("llmlb.proxy")
 
-OnComplete = Callable[[Completion], None]
-OnTimeout = Callable[[str], None]
-# Session id (x-session-id header) -> policy name for this request, or None (canary hook).
-PickPolicy = Callable[[str | None], str | None]
-# Each routing decision and the seconds ``Router.route`` took (route metrics).
-OnRoute = Callable[[RouteDecision, float], None]
-# A completed streaming request and its time to first token in seconds.
-OnTtft = Callable[[Completion, float], None]
-
 NODE_HEADER = "x-llmlb-node"
 REQUEST_ID_HEADER = "x-llmlb-request-id"
 # A migrated request may move at most this many times (a cascade of trips).
 MAX_MIGRATIONS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Hooks:
-    on_complete: OnComplete | None = None
-    on_timeout: OnTimeout | None = None
-    pick_policy: PickPolicy | None = None
-    on_route: OnRoute | None = None
-    on_ttft: OnTtft | None = None
-
-    def policy_for(self, session_id: str | None) -> str | None:
-        """The canary's policy for this request, or None for the configured one."""
-        return None if self.pick_policy is None else self.pick_policy(session_id)
-
-    def routed(self, decision: RouteDecision, seconds: float) -> None:
-        if self.on_route is not None:
-            call_hook(self.on_route, decision, seconds)
-
-    def completed(self, completion: Completion, ttft_s: float | None) -> None:
-        if ttft_s is not None and self.on_ttft is not None:
-            call_hook(self.on_ttft, completion, ttft_s)
-        if self.on_complete is not None:
-            call_hook(self.on_complete, completion)
-
-    def timed_out(self, node_id: str) -> None:
-        if self.on_timeout is not None:
-            call_hook(self.on_timeout, node_id)
 
 
 class Migrated(Exception):
@@ -93,16 +50,14 @@ class Migrated(Exception):
 class Forwarder:
     def __init__(
         self,
-        router: Router,
+        service: RoutingService,
         upstream: Upstream,
         settings: ProxySettings,
-        hooks: Hooks,
         movable: MovableRequests,
     ) -> None:
-        self._router = router
+        self._service = service
         self._upstream = upstream
         self._settings = settings
-        self._hooks = hooks
         self._movable = movable
         self._rng = random.Random()
 
@@ -110,11 +65,11 @@ class Forwarder:
         self, request: web.Request, path: str, raw: bytes, key: RoutingKey
     ) -> web.StreamResponse:
         headers = forward_headers(request.headers)
-        policy = self._pick_policy(request.headers)
+        session_id = request.headers.get("x-session-id", "")
         failed: set[str] = set()
         retries = migrations = 0
         while True:
-            decision = self._route(key, policy, failed)
+            decision = self._route(key, session_id, failed)
             sent_at = time.perf_counter()
             try:
                 response, first = await self._first_byte(decision, path, raw, headers)
@@ -135,7 +90,7 @@ class Forwarder:
                     raise no_backend("The request was migrated too many times.") from None
                 continue
             except asyncio.TimeoutError:
-                self._complete_timeout(decision)
+                self._complete(decision, "timeout")
                 raise upstream_timeout(self._settings.request_timeout_s) from None
             except BaseException:
                 # Client gone (handler cancelled) or a bug: release the slot, then propagate.
@@ -143,38 +98,29 @@ class Forwarder:
                 raise
             return await self._relay(request, decision, response, first, sent_at)
 
-    def _pick_policy(self, headers: Mapping[str, str]) -> str | None:
-        return self._hooks.policy_for(headers.get("x-session-id"))
-
-    def _route(self, key: RoutingKey, policy: str | None, failed: set[str]) -> RouteDecision:
+    def _route(self, key: RoutingKey, session_id: str, failed: set[str]) -> RouteDecision:
         """Routes to a node this request has not failed on; once it has failed on every
         node that can take it, any node again (a transient fault may be gone by now)."""
         try:
             try:
-                return self._route_once(key, policy, failed)
+                return self._route_once(key, session_id, failed)
             except NoAvailableNodeError:
                 if not failed:
                     raise
-                return self._route_once(key, policy, set())
-        except UnknownModelError as exc:
-            raise unknown_model(key.model) from exc
-        except NoAvailableNodeError as exc:
-            raise no_backend(f"No backend can take the request: {exc}") from exc
-        except InvalidInputError as exc:
-            raise invalid_request(str(exc)) from exc
+                return self._route_once(key, session_id, set())
+        except (LlmlbError, ValueError, TypeError, OverflowError) as exc:
+            raise route_error(exc, key.model) from exc
 
-    def _route_once(self, key: RoutingKey, policy: str | None, exclude: set[str]) -> RouteDecision:
-        started = time.perf_counter()
-        decision = self._router.route(
+    def _route_once(self, key: RoutingKey, session_id: str, exclude: set[str]) -> RouteDecision:
+        return self._service.route(
+            PROXY,
             key.prompt,
             token_ids=key.token_ids,
+            session_id=session_id,
             expected_output_tokens=key.expected_output_tokens,
             model=key.model,
             exclude=sorted(exclude) if exclude else None,
-            policy=policy,
-        )
-        self._hooks.routed(decision, time.perf_counter() - started)
-        return decision
+        ).decision
 
     async def _first_byte(
         self, decision: RouteDecision, path: str, raw: bytes, headers: Mapping[str, str]
@@ -253,10 +199,7 @@ class Forwarder:
         finally:
             upstream.release()
             ttft = None if meter.first_byte_at is None else meter.first_byte_at - sent_at
-            if outcome == "timeout":
-                self._complete_timeout(decision)
-            else:
-                self._complete(decision, outcome, ttft, meter)
+            self._complete(decision, outcome, ttft, meter)
         return client
 
     def _relay_whole(
@@ -287,23 +230,9 @@ class Forwarder:
             tokens_out = meter.tokens_out
             if meter.prompt_tokens is not None:
                 tokens_in = meter.prompt_tokens
-        completion = self._router.complete(
+        self._service.complete(
             decision.request_id, outcome, ttft_s=ttft_s, tokens_in=tokens_in, tokens_out=tokens_out
         )
-        if completion is None:
-            return
-        self._hooks.completed(completion, ttft_s)
-
-    def _complete_timeout(self, decision: RouteDecision) -> None:
-        self._complete(decision, "timeout")
-        self._hooks.timed_out(decision.node_id)
-
-
-def call_hook(hook: Callable[..., None], *arguments: object) -> None:
-    try:
-        hook(*arguments)
-    except Exception:  # a broken hook must not break the request path
-        log.exception("proxy hook %r failed", hook)
 
 
 def uncancel(task: asyncio.Task[object]) -> None:

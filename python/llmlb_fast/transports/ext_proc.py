@@ -30,26 +30,13 @@ from envoy.service.ext_proc.v3 import (
 from envoy.type.v3 import http_status_pb2  # type: ignore[import-untyped]
 from google.protobuf import struct_pb2
 
-from llmlb_fast import (
-    InvalidInputError,
-    NoAvailableNodeError,
-    RouteDecision,
-    Router,
-    UnknownModelError,
-)
-from llmlb_fast.proxy.errors import (
-    ProxyError,
-    body_too_large,
-    invalid_request,
-    no_backend,
-    unknown_model,
-)
-from llmlb_fast.proxy.forward import (
-    Hooks,
-)
-from llmlb_fast.proxy.metering import ResponseMeter
-from llmlb_fast.proxy.routing_key import CHAT_PATH, RoutingKey, parse_body, routing_key
-from llmlb_fast.proxy.settings import ProxySettings
+from llmlb_fast._core import RouteDecision
+from llmlb_fast.errors import LlmlbError
+from llmlb_fast.service.routing import EXT_PROC, RoutingService
+from llmlb_fast.transports.http_errors import ProxyError, body_too_large, route_error
+from llmlb_fast.transports.proxy.metering import ResponseMeter
+from llmlb_fast.transports.proxy.routing_key import CHAT_PATH, RoutingKey, parse_body, routing_key
+from llmlb_fast.transports.proxy.settings import ProxySettings
 
 log = logging.getLogger("llmlb.ext_proc")
 
@@ -165,27 +152,19 @@ class Exchange:
         key: RoutingKey | None,
         respond: Callable[[pb.CommonResponse], pb.ProcessingResponse],
     ) -> pb.ProcessingResponse:
-        picker = self._picker
-        policy = picker.hooks.policy_for(self._headers.get("x-session-id"))
-        started = time.perf_counter()
         try:
-            decision = picker.router.route(
+            decision = self._picker.service.route(
+                EXT_PROC,
                 key.prompt if key else None,
                 token_ids=key.token_ids if key else None,
+                session_id=self._headers.get("x-session-id", ""),
                 expected_output_tokens=key.expected_output_tokens if key else None,
                 model=key.model if key else None,
-                policy=policy,
-            )
-        except UnknownModelError:
-            assert key is not None  # no model, no model error
-            return immediate(unknown_model(key.model))
-        except NoAvailableNodeError as exc:
-            return immediate(no_backend(f"No backend can take the request: {exc}"))
-        except InvalidInputError as exc:
-            return immediate(invalid_request(str(exc)))
+            ).decision
+        except (LlmlbError, ValueError, TypeError, OverflowError) as exc:
+            return immediate(route_error(exc, key.model if key else ""))
         self._decision = decision
         self._routed_at = time.perf_counter()
-        picker.hooks.routed(decision, self._routed_at - started)
         endpoint = destination(decision.address)
         common = pb.CommonResponse(
             header_mutation=pb.HeaderMutation(
@@ -235,7 +214,13 @@ class Exchange:
         if self._streaming and self._meter.first_byte_at is not None:
             ttft = self._meter.first_byte_at - self._routed_at
         tokens_in = self._meter.prompt_tokens or decision.prompt_tokens
-        self._picker.complete(decision, outcome, ttft, tokens_in, self._meter.tokens_out)
+        self._picker.service.complete(
+            decision.request_id,
+            outcome,
+            ttft_s=ttft,
+            tokens_in=tokens_in,
+            tokens_out=self._meter.tokens_out,
+        )
 
 
 def outcome_of(status: int) -> str:
@@ -250,15 +235,9 @@ def outcome_of(status: int) -> str:
 class EndpointPicker:
     """The servicer. Register with :func:`add_to_server` on a ``grpc.aio`` server."""
 
-    def __init__(
-        self,
-        router: Router,
-        settings: ProxySettings | None = None,
-        hooks: Hooks | None = None,
-    ) -> None:
-        self.router = router
+    def __init__(self, service: RoutingService, settings: ProxySettings | None = None) -> None:
+        self.service = service
         self.settings = settings or ProxySettings()
-        self.hooks = hooks or Hooks()
 
     async def Process(
         self,
@@ -274,23 +253,6 @@ class EndpointPicker:
         finally:
             # Stream closed early (Envoy reset, client gone): release the slot anyway.
             exchange.finish()
-
-    def complete(
-        self,
-        decision: RouteDecision,
-        outcome: str,
-        ttft_s: float | None,
-        tokens_in: int,
-        tokens_out: int,
-    ) -> None:
-        completion = self.router.complete(
-            decision.request_id, outcome, ttft_s=ttft_s, tokens_in=tokens_in, tokens_out=tokens_out
-        )
-        if completion is None:
-            return
-        self.hooks.completed(completion, ttft_s)
-        if outcome == "timeout":
-            self.hooks.timed_out(decision.node_id)
 
 
 def add_to_server(picker: EndpointPicker, server: grpc.aio.Server) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmlb_fast.config import ProxyConfig
+
 
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
@@ -33,3 +35,16 @@ class ProxySettings:
                 raise ValueError(f"{name} must be positive")
         if self.backoff_base_s < 0 or self.backoff_cap_s < self.backoff_base_s:
             raise ValueError("need 0 <= backoff_base_s <= backoff_cap_s")
+
+
+def proxy_settings(config: ProxyConfig) -> ProxySettings:
+    """The proxy and ext_proc tunables of a ``proxy:`` config section."""
+    return ProxySettings(
+        max_body_bytes=config.max_body_bytes,
+        request_timeout_s=config.request_timeout,
+        connect_timeout_s=config.connect_timeout,
+        max_attempts=config.max_attempts,
+        backoff_base_s=config.backoff_base,
+        backoff_cap_s=config.backoff_cap,
+        models_ttl_s=config.models_ttl,
+    )

@@ -1,5 +1,6 @@
-"""The ``llmlb.v1.Router`` gRPC service: translates messages to ``RouterRuntime`` calls
-and errors to gRPC status codes."""
+"""The ``llmlb.v1.Router`` gRPC servicer: translates messages to ``RoutingService`` calls
+and errors to gRPC status codes. The wire types come from ``grpc_server`` (the
+``llmlb.v1`` stubs), which imports nothing from llmlb_fast."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
+
+from grpc_server.llmlb.v1 import router_pb2 as pb
+from grpc_server.llmlb.v1 import router_pb2_grpc as pb_grpc
 from llmlb_fast._core import METRIC_FIELDS, Completion, Node, NodeStatus, RouteDecision
 from llmlb_fast.errors import (
     DuplicateRequestError,
@@ -17,7 +21,7 @@ from llmlb_fast.errors import (
     UnknownModelError,
     UnknownNodeError,
 )
-from llmlb_fast.events import (
+from llmlb_fast.service.events import (
     BREAKER_CLOSED,
     BREAKER_HALF_OPENED,
     BREAKER_OPENED,
@@ -25,10 +29,7 @@ from llmlb_fast.events import (
     CONFIG_RELOADED,
     Event,
 )
-from llmlb_fast.runtime import Routed, RouterRuntime, UnknownRequestError
-
-from grpc_server.llmlb.v1 import router_pb2 as pb
-from grpc_server.llmlb.v1 import router_pb2_grpc as pb_grpc
+from llmlb_fast.service.routing import GRPC, DrainingError, Routed, RoutingService
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 OUTCOMES = {pb.OUTCOME_OK: "ok", pb.OUTCOME_ERROR: "error", pb.OUTCOME_TIMEOUT: "timeout"}
@@ -41,7 +42,7 @@ EVENT_KINDS = {
 }
 EVENT_NAMES = {value: name for name, value in EVENT_KINDS.items()}
 # What Route and Complete may raise for a bad or unlucky request (answered, not crashed).
-REQUEST_ERRORS = (LlmlbError, ValueError, KeyError)
+REQUEST_ERRORS = (LlmlbError, ValueError, KeyError, TypeError, OverflowError)
 _OPTIONAL_SPEC_FIELDS = (
     "peak_tflops",
     "gpu_memory_bytes",
@@ -51,11 +52,16 @@ _OPTIONAL_SPEC_FIELDS = (
 )
 
 
-class DrainingError(LlmlbError):
-    """The server is stopping and takes no new requests."""
+class UnknownRequestError(LlmlbError, KeyError):
+    """Complete named a request that is not in flight (unknown or already completed)."""
 
-    def __init__(self) -> None:
-        super().__init__("server is draining; route elsewhere")
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"request {request_id!r} is not in flight (unknown, already completed or expired)"
+        )
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
 
 
 class EmptyStreamCallError(ValueError):
@@ -174,12 +180,11 @@ async def _abort(context: Context, error: Exception) -> NoReturn:
 
 
 class RouterService(pb_grpc.RouterServicer):
-    def __init__(self, runtime: RouterRuntime) -> None:
-        self.runtime = runtime
-        self.draining = False
+    def __init__(self, service: RoutingService) -> None:
+        self.service = service
 
     async def _authorize(self, context: Context) -> None:
-        token = self.runtime.config.server.auth_token
+        token = self.service.config.server.auth_token
         if token is None:
             return
         given = ""
@@ -192,35 +197,33 @@ class RouterService(pb_grpc.RouterServicer):
 
     def _routed(self, request: pb.RouteRequest) -> Routed:
         """Raises the errors ``status_code_of`` maps (shared by Route and RouteStream)."""
-        if self.draining:
-            raise DrainingError()
         which = request.WhichOneof("prompt")
-        try:
-            return self.runtime.route(
-                request.text if which == "text" else None,
-                token_ids=request.token_ids.ids if which == "token_ids" else None,
-                request_id=request.request_id or None,
-                session_id=request.session_id,
-                expected_output_tokens=request.expected_output_tokens
-                if request.HasField("expected_output_tokens")
-                else None,
-                model=request.model or None,
-            )
-        except (LlmlbError, ValueError) as error:
-            self.runtime.telemetry.count_route_error(status_code_of(error).name)
-            raise
+        return self.service.route(
+            GRPC,
+            request.text if which == "text" else None,
+            token_ids=request.token_ids.ids if which == "token_ids" else None,
+            request_id=request.request_id or None,
+            session_id=request.session_id,
+            expected_output_tokens=request.expected_output_tokens
+            if request.HasField("expected_output_tokens")
+            else None,
+            model=request.model or None,
+        )
 
     def _completion(self, request: pb.CompleteRequest) -> Completion:
         outcome = OUTCOMES.get(request.outcome)
         if outcome is None:
             raise InvalidOutcomeError()
-        return self.runtime.complete(
+        completion = self.service.complete(
             request.request_id,
             outcome,
             ttft_s=request.ttft_seconds if request.HasField("ttft_seconds") else None,
             tokens_in=request.tokens_in,
             tokens_out=request.tokens_out,
         )
+        if completion is None:
+            raise UnknownRequestError(request.request_id)
+        return completion
 
     def route(self, request: pb.RouteRequest) -> pb.RouteResponse:
         response = pb.RouteResponse()
@@ -258,7 +261,7 @@ class RouterService(pb_grpc.RouterServicer):
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.RouteResponse:
         try:
             return self.route(request)
-        except (LlmlbError, ValueError) as error:
+        except REQUEST_ERRORS as error:
             await _abort(context, error)
 
     async def Complete(self, request: pb.CompleteRequest, context: Context) -> pb.CompleteResponse:
@@ -278,7 +281,7 @@ class RouterService(pb_grpc.RouterServicer):
     ) -> pb.RegisterNodeResponse:
         await self._authorize(context)
         try:
-            created = self.runtime.register_node(node_from_spec(request.node))
+            created = self.service.register_node(node_from_spec(request.node))
         except (LlmlbError, ValueError, TypeError, OverflowError) as error:
             await _abort(context, error)
         return pb.RegisterNodeResponse(created=created)
@@ -288,7 +291,7 @@ class RouterService(pb_grpc.RouterServicer):
     ) -> pb.DeregisterNodeResponse:
         await self._authorize(context)
         try:
-            in_flight = self.runtime.deregister_node(request.node_id)
+            in_flight = self.service.deregister_node(request.node_id)
         except (LlmlbError, KeyError) as error:
             await _abort(context, error)
         return pb.DeregisterNodeResponse(in_flight_request_ids=in_flight)
@@ -296,7 +299,7 @@ class RouterService(pb_grpc.RouterServicer):
     async def ListNodes(
         self, request: pb.ListNodesRequest, context: Context
     ) -> pb.ListNodesResponse:
-        return pb.ListNodesResponse(nodes=[node_state(s) for s in self.runtime.nodes()])
+        return pb.ListNodesResponse(nodes=[node_state(s) for s in self.service.nodes()])
 
     async def ReportMetrics(
         self,
@@ -313,7 +316,7 @@ class RouterService(pb_grpc.RouterServicer):
                 sample.prefix_cache_hit_rate if sample.HasField("prefix_cache_hit_rate") else None
             )
             try:
-                self.runtime.report_metrics(
+                self.service.report_metrics(
                     sample.node_id,
                     metrics,
                     engine_hit_rate=hit_rate,
@@ -335,7 +338,7 @@ class RouterService(pb_grpc.RouterServicer):
         if unknown:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown event kinds {unknown}")
         kinds = frozenset(EVENT_NAMES[kind] for kind in request.kinds)
-        subscription = self.runtime.bus.subscribe(kinds)
+        subscription = self.service.bus.subscribe(kinds)
         try:
             # Headers go out once subscribed: a client awaiting them misses no event.
             await context.send_initial_metadata(())

@@ -12,7 +12,7 @@ import json
 import logging
 import urllib.request
 
-from llmlb_fast.events import BREAKER_CLOSED, BREAKER_HALF_OPENED, BREAKER_OPENED, Event
+from llmlb_fast.service.events import BREAKER_CLOSED, BREAKER_HALF_OPENED, BREAKER_OPENED, Event
 
 log = logging.getLogger(__name__)
 ALERT_KINDS = frozenset({BREAKER_OPENED, BREAKER_HALF_OPENED, BREAKER_CLOSED})

@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from llmlb_fast._core import Router
-from llmlb_fast.events import (
+from llmlb_fast.service.events import (
     BREAKER_CLOSED,
     BREAKER_HALF_OPENED,
     BREAKER_OPENED,
@@ -78,7 +78,10 @@ class Telemetry:
             "llmlb_route_decisions", "Routing decisions", ["policy", "reason"], registry=r
         )
         self.route_errors = Counter(
-            "llmlb_route_errors", "Route calls refused, by gRPC status", ["code"], registry=r
+            "llmlb_route_errors",
+            "Requests the router refused to route, by transport and why",
+            ["transport", "error"],
+            registry=r,
         )
         self.route_latency = Histogram(
             "llmlb_route_latency_seconds",
@@ -126,8 +129,8 @@ class Telemetry:
         children[0].observe(seconds)
         children[1].inc()
 
-    def count_route_error(self, code: str) -> None:
-        self.route_errors.labels(code).inc()
+    def count_route_error(self, transport: str, error: str) -> None:
+        self.route_errors.labels(transport, error).inc()
 
     def observe_ttft(self, policy: str, seconds: float) -> None:
         child = self._ttft_children.get(policy)

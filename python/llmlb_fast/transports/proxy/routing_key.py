@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from llmlb_fast.proxy.errors import invalid_request
+from llmlb_fast.transports.http_errors import invalid_request
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
