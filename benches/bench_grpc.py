@@ -233,12 +233,12 @@ def service_only(nodes: int, round_trips: int, candidates: bool) -> dict[str, An
     other work on the machine inflates it less than wall time."""
     from llmlb_fast.config import parse_config
     from llmlb_fast.service.routing import RoutingService
-    from llmlb_fast.transports.grpc_api import RouterService
+    from llmlb_fast.transports.grpc_api import RouterServicer
 
     config = parse_config(
         {"nodes": [{"id": f"n{i}", "address": f"10.0.0.{i}:8000"} for i in range(nodes)]}
     )
-    service = RouterService(RoutingService(config))
+    service = RouterServicer(RoutingService(config))
     INCLUDE_CANDIDATES[0] = candidates
     requests = [route_request("in-process", turn) for turn in range(round_trips)]
     started = time.process_time()

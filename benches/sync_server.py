@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from llmlb_fast.config import load_config  # noqa: E402
 from llmlb_fast.service.routing import RoutingService  # noqa: E402
-from llmlb_fast.transports.grpc_api import REQUEST_ERRORS, RouterService, status_code_of  # noqa: E402
+from llmlb_fast.transports.grpc_api import REQUEST_ERRORS, RouterServicer, status_code_of  # noqa: E402
 
 from grpc_server.llmlb.v1 import router_pb2 as pb  # noqa: E402
 from grpc_server.llmlb.v1 import router_pb2_grpc as pb_grpc  # noqa: E402
@@ -41,7 +41,7 @@ class SyncRouter(pb_grpc.RouterServicer):
     """Calls the asyncio service's synchronous parts under one lock (the runtime's
     Python state expects one thread at a time)."""
 
-    def __init__(self, service: RouterService) -> None:
+    def __init__(self, service: RouterServicer) -> None:
         self.service = service
         self.lock = threading.Lock()
 
@@ -75,7 +75,7 @@ def main() -> int:
     parser.add_argument("--log-level", default="WARNING")  # accepted like llmlb serve's
     args = parser.parse_args()
     config = load_config(args.config)
-    service = RouterService(RoutingService(config))
+    service = RouterServicer(RoutingService(config))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.threads))
     pb_grpc.add_RouterServicer_to_server(SyncRouter(service), server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port(config.server.listen)

@@ -12,7 +12,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import json_format
-from llmlb_fast import Completion, Node, Router, RouterConfig
+from llmlb_fast import Node, Router, RouterConfig
 from llmlb_fast.transports.ext_proc import EndpointPicker, add_to_server
 from llmlb_fast.transports.proxy import ProxySettings
 from proxy_backends import sse_chunks
@@ -93,15 +93,8 @@ class Picker:
     ) -> None:
         self.router = Router(RouterConfig(policy=policy), NODES if nodes is None else nodes)
         self.service = RecordingService(self.router)
+        self.completions = self.service.completions
         self.picker = EndpointPicker(self.service, settings)
-
-    @property
-    def completions(self) -> list[Completion]:
-        return self.service.completions
-
-    @property
-    def timeouts(self) -> list[str]:
-        return self.service.timed_out_nodes
 
     async def __aenter__(self) -> Picker:
         self.server = grpc.aio.server()
@@ -252,7 +245,7 @@ def test_upstream_status_sets_the_outcome() -> None:
                 await envoy.send(response_body(b'{"error":{}}', end=True))
                 await envoy.close()
             assert [c.outcome for c in p.completions] == ["error", "timeout", "ok"]
-            assert len(p.timeouts) == 1
+            assert len(p.service.timed_out_nodes) == 1
 
     run(scenario)
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
-from llmlb_fast import Completion, Node, Router, RouterConfig
+from llmlb_fast import Node, Router, RouterConfig
 from llmlb_fast.transports.proxy import ProxyServer, ProxySettings
 from proxy_backends import MODEL, Backend, closed_port_address, sse_chunks
 from service_harness import RecordingService
@@ -47,20 +47,13 @@ class Cluster:
         self.settings = settings
         self.policy = policy
 
-    @property
-    def completions(self) -> list[Completion]:
-        return self.service.completions
-
-    @property
-    def timeouts(self) -> list[str]:
-        return self.service.timed_out_nodes
-
     async def __aenter__(self) -> Cluster:
         for backend in self.backends:
             await backend.start()
         nodes = [*self.extra_nodes, *(Node(b.name, b.address) for b in self.backends)]
         self.router = Router(RouterConfig(policy=self.policy), nodes)
         self.service = RecordingService(self.router)
+        self.completions = self.service.completions
         self.proxy = ProxyServer(self.service, self.settings)
         self.url = f"http://127.0.0.1:{await self.proxy.start()}"
         self.client = aiohttp.ClientSession()
@@ -167,7 +160,7 @@ def test_timeout_answers_504_and_is_reported() -> None:
                 assert resp.status == 504
                 assert (await resp.json())["error"]["code"] == "upstream_timeout"
             assert time.monotonic() - started < 2.0
-            assert c.timeouts == ["slow"]
+            assert c.service.timed_out_nodes == ["slow"]
             assert c.outcomes("slow") == ["timeout"]
             never.set()
 

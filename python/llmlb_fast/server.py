@@ -23,7 +23,7 @@ from llmlb_fast.service.events import BREAKER_OPENED, Event
 from llmlb_fast.service.reload import ConfigWatcher
 from llmlb_fast.service.routing import RoutingService
 from llmlb_fast.transports.ext_proc import EndpointPicker, add_to_server
-from llmlb_fast.transports.grpc_api import RouterService
+from llmlb_fast.transports.grpc_api import RouterServicer
 from llmlb_fast.transports.proxy import ProxyServer, proxy_settings
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class RoutingServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_RouterServicer_to_server(RouterService(self.service), self.server)  # type: ignore[no-untyped-call]
+        pb_grpc.add_RouterServicer_to_server(RouterServicer(self.service), self.server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         settings = proxy_settings(config.proxy)
         self.proxy = ProxyServer(self.service, settings) if config.proxy.enabled else None

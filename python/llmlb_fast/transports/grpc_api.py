@@ -179,7 +179,7 @@ async def _abort(context: Context, error: Exception) -> NoReturn:
     raise AssertionError("unreachable: abort raises")
 
 
-class RouterService(pb_grpc.RouterServicer):
+class RouterServicer(pb_grpc.RouterServicer):
     def __init__(self, service: RoutingService) -> None:
         self.service = service
 
