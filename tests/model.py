@@ -22,7 +22,6 @@ DECODE_TOKENS_PER_RUNNING = 64.0
 PCIE_FULL_BYTES_PER_S = 64e9
 MEMORY_KNEE = 0.8
 PREFILL_TOKENS_PER_TFLOPS = 3.0
-GPU_AWARE_PRESSURE_SCALE = 2.0
 EXPIRY_SWEEP_INTERVAL_S = 1.0
 U32_MAX = 2**32 - 1
 U64_MASK = 2**64 - 1
@@ -46,6 +45,18 @@ def secs_to_ns(seconds: float) -> int:
     return max(int(seconds * 1e9), 0)
 
 
+# Every policy's parameters and their defaults, as rust/llmlb-core/src/policy/*.rs
+# declare them (the choosing functions are in POLICIES, below).
+POLICY_DEFAULTS: dict[str, dict[str, float]] = {
+    "round_robin": {},
+    "random": {},
+    "least_request": {},
+    "prefix_aware": {"balance_abs_threshold": 8.0, "balance_rel_threshold": 1.5},
+    "gpu_aware": {"pressure_scale": 2.0},
+    "llmlb": {"load": 0.25, "prefix": 1.0, "gpu": 0.5},
+}
+
+
 @dataclass
 class Config:
     policy: str = "llmlb"
@@ -54,13 +65,13 @@ class Config:
     chars_per_token: float = 4.0
     metrics_ttl_s: float = 5.0
     request_ttl_s: float = 600.0
-    balance_abs_threshold: float = 8.0
-    balance_rel_threshold: float = 1.5
     memory_saturation_threshold: float = 0.95
-    weights: dict[str, float] = field(
-        default_factory=lambda: {"load": 0.25, "prefix": 1.0, "gpu": 0.5}
-    )
+    # Only the parameters that differ from POLICY_DEFAULTS.
+    policies: dict[str, dict[str, float]] = field(default_factory=dict)
     seed: int = 0
+
+    def params(self, policy: str) -> dict[str, float]:
+        return {**POLICY_DEFAULTS[policy], **self.policies.get(policy, {})}
 
 
 @dataclass
@@ -251,6 +262,9 @@ def scored(c: Cand) -> float:
     return c.score
 
 
+Choice = tuple[int, str] | None
+
+
 def score_least_request(cands: Sequence[Cand]) -> None:
     mean = mean_memory_pressure(cands)
     for c in cands:
@@ -258,7 +272,13 @@ def score_least_request(cands: Sequence[Cand]) -> None:
             c.score = least_request_cost(c, mean)
 
 
-def choose_prefix_aware(cands: Sequence[Cand], config: Config) -> tuple[int, str] | None:
+def choose_least_request(cands: Sequence[Cand], facts: Facts, params: dict[str, float]) -> Choice:
+    score_least_request(cands)
+    index = argmin_score(cands)
+    return None if index is None else (index, "least_request")
+
+
+def choose_prefix_aware(cands: Sequence[Cand], facts: Facts, params: dict[str, float]) -> Choice:
     score_least_request(cands)
     overall = argmin_score(cands)
     if overall is None:
@@ -270,24 +290,23 @@ def choose_prefix_aware(cands: Sequence[Cand], config: Config) -> tuple[int, str
     holder = min(holders, key=lambda i: rank(scored(cands[i])))  # the first of equal minima
     holder_load, idlest_load = cands[holder].load, cands[overall].load
     imbalanced = (
-        holder_load - idlest_load > config.balance_abs_threshold
-        and holder_load > config.balance_rel_threshold * idlest_load
+        holder_load - idlest_load > params["balance_abs_threshold"]
+        and holder_load > params["balance_rel_threshold"] * idlest_load
     )
     return (overall, "fallback_imbalance") if imbalanced else (holder, "prefix_hit")
 
 
-def choose_gpu_aware(cands: Sequence[Cand], facts: Facts) -> tuple[int, str] | None:
+def choose_gpu_aware(cands: Sequence[Cand], facts: Facts, params: dict[str, float]) -> Choice:
     mean = mean_memory_pressure(cands)
     for c in cands:
         if c.eligible:
-            penalty = 1.0 + GPU_AWARE_PRESSURE_SCALE * gpu_pressure(c, facts.decode_share)
+            penalty = 1.0 + params["pressure_scale"] * gpu_pressure(c, facts.decode_share)
             c.score = least_request_cost(c, mean) * penalty
     index = argmin_score(cands)
     return None if index is None else (index, "gpu_aware")
 
 
-def choose_llmlb(cands: Sequence[Cand], facts: Facts, config: Config) -> tuple[int, str] | None:
-    w = config.weights
+def choose_llmlb(cands: Sequence[Cand], facts: Facts, w: dict[str, float]) -> Choice:
     for c in cands:
         if c.eligible:
             memory = c.memory_pressure or 0.0
@@ -299,6 +318,15 @@ def choose_llmlb(cands: Sequence[Cand], facts: Facts, config: Config) -> tuple[i
     chosen = cands[index].matched
     hit = chosen > 0 and chosen == longest_eligible_match(cands)
     return index, "prefix_hit" if hit else "least_cost"
+
+
+# The stateless policies; round_robin and random keep state in RouterModel.
+POLICIES = {
+    "least_request": choose_least_request,
+    "prefix_aware": choose_prefix_aware,
+    "gpu_aware": choose_gpu_aware,
+    "llmlb": choose_llmlb,
+}
 
 
 def splitmix64(z: int) -> int:
@@ -462,24 +490,14 @@ class RouterModel:
             raise NoNode("policy found no node")
         return (choice[0], "all_saturated") if all_saturated else choice
 
-    def run_policy(self, policy: str, cands: list[Cand], facts: Facts) -> tuple[int, str] | None:
+    def run_policy(self, policy: str, cands: list[Cand], facts: Facts) -> Choice:
         if policy == "round_robin":
             return self.choose_round_robin(cands)
         if policy == "random":
             return self.choose_random(cands)
-        if policy == "least_request":
-            score_least_request(cands)
-            index = argmin_score(cands)
-            return None if index is None else (index, "least_request")
-        if policy == "prefix_aware":
-            return choose_prefix_aware(cands, self.config)
-        if policy == "gpu_aware":
-            return choose_gpu_aware(cands, facts)
-        if policy == "llmlb":
-            return choose_llmlb(cands, facts, self.config)
-        raise ValueError(policy)
+        return POLICIES[policy](cands, facts, self.config.params(policy))
 
-    def choose_round_robin(self, cands: Sequence[Cand]) -> tuple[int, str] | None:
+    def choose_round_robin(self, cands: Sequence[Cand]) -> Choice:
         n = len(cands)
         start = self.rr_next % n
         self.rr_next += 1
@@ -489,7 +507,7 @@ class RouterModel:
                 return (start + step) % n, reason
         return None
 
-    def choose_random(self, cands: Sequence[Cand]) -> tuple[int, str] | None:
+    def choose_random(self, cands: Sequence[Cand]) -> Choice:
         eligible = [i for i, c in enumerate(cands) if c.eligible]
         if not eligible:
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from llmlb_fast import POLICIES, RouterConfig
 from llmlb_fast.config import load_config, parse_config, parse_config_text
 from llmlb_fast.errors import ConfigError
 
@@ -74,7 +75,13 @@ def test_defaults() -> None:
         ("nodes: [{id: a}, {id: a}]", "duplicate node id"),
         ("- just a list", "top level must be a mapping"),
         ("policy: [unclosed", "not valid YAML"),
-        ("scheduling: {balance_rel_threshold: 0.5}", "scheduling.balance_rel_threshold"),
+        ("scheduling: {balance_rel_threshold: 0.5}", "(given as scheduling.balance_rel_threshold)"),
+        ("policies: {fastest: {}}", "policies: Value error, unknown policy 'fastest'"),
+        ("policies: {llmlb: {speed: 1}}", "llmlb: unknown parameters ['speed']"),
+        ("policies: {random: {seed: 1}}", "random's parameters: none"),
+        ("policies: {llmlb: {load: fast}}", "policies.llmlb.load"),
+        ("policies: {llmlb: {load: -1}}", "policies.llmlb.load must be a finite number >= 0"),
+        ("weights: {load: 1, prefix: 2, speed: 3}", "weights.speed: Extra inputs"),
     ],
 )
 def test_errors_name_the_key(text: str, expected: str) -> None:
@@ -132,3 +139,60 @@ def test_proxy_section_defaults_and_errors() -> None:
     for text, expected in cases.items():
         with pytest.raises(ConfigError, match=expected):
             parse_config_text(text)
+
+
+def test_unchanged_config_has_the_cores_defaults() -> None:
+    """One home for defaults: the YAML schema, the binding and the core agree."""
+    from_yaml = parse_config({}).router_config()
+    core = RouterConfig()
+    assert from_yaml.to_dict() == core.to_dict()
+    assert from_yaml == core
+    assert set(core.policies) == set(POLICIES)
+
+
+def test_policy_parameters_nested_and_in_their_older_spellings() -> None:
+    nested = parse_config_text(
+        """
+        policy: prefix_aware
+        policies:
+          prefix_aware: {balance_abs_threshold: 32, balance_rel_threshold: 2}
+          llmlb: {load: 1.0, gpu: 0.3}
+          gpu_aware: {pressure_scale: 3}
+        """
+    ).router_config()
+    older = parse_config_text(
+        """
+        policy: prefix_aware
+        weights: {load: 1.0, gpu: 0.3}
+        scheduling: {balance_abs_threshold: 32, balance_rel_threshold: 2}
+        policies: {gpu_aware: {pressure_scale: 3}}
+        """
+    ).router_config()
+    assert nested == older
+    assert nested.policies["prefix_aware"] == {
+        "balance_abs_threshold": 32.0,
+        "balance_rel_threshold": 2.0,
+    }
+    assert nested.policies["llmlb"] == {"load": 1.0, "prefix": 1.0, "gpu": 0.3}
+    assert nested.policies["gpu_aware"] == {"pressure_scale": 3.0}
+
+
+def test_both_spellings_must_agree() -> None:
+    agreeing = parse_config_text(
+        "weights: {load: 1.0}\npolicies: {llmlb: {load: 1.0, prefix: 0.5}}"
+    ).router_config()
+    assert agreeing.weights == {"load": 1.0, "prefix": 0.5, "gpu": 0.5}
+    cases = {
+        "weights: {load: 1.0}\npolicies: {llmlb: {load: 2.0}}": (
+            "weights.load (1) conflicts with policies.llmlb.load (2); give one"
+        ),
+        "scheduling: {balance_rel_threshold: 3}\n"
+        "policies: {prefix_aware: {balance_rel_threshold: 2}}": (
+            "scheduling.balance_rel_threshold (3) conflicts with"
+            " policies.prefix_aware.balance_rel_threshold (2)"
+        ),
+    }
+    for text, expected in cases.items():
+        with pytest.raises(ConfigError, match="invalid config") as info:
+            parse_config_text(text)
+        assert expected in str(info.value)

@@ -204,7 +204,13 @@ def test_table_full(make_router: RouterFactory) -> None:
         ({"metrics_ttl_s": -1.0}, "metrics_ttl_s"),
         ({"chars_per_token": 1e-300}, "chars_per_token"),
         ({"memory_saturation_threshold": 95.0}, "memory_saturation_threshold"),
-        ({"weights": {"speed": 1.0}}, "unknown weight"),
+        ({"weights": {"speed": 1.0}}, 'llmlb has no parameter "speed"'),
+        ({"policies": {"fastest": {}}}, "unknown policy"),
+        ({"policies": {"random": {"seed": 1.0}}}, "its parameters: none"),
+        (
+            {"policies": {"gpu_aware": {"pressure_scale": -1.0}}},
+            "policies.gpu_aware.pressure_scale",
+        ),
     ],
 )
 def test_bad_config_values_name_the_setting(kwargs: dict[str, Any], field: str) -> None:

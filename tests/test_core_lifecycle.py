@@ -163,22 +163,22 @@ def test_reconfigure_keeps_in_flight_counts(make_router: RouterFactory) -> None:
 def test_invalid_config_is_refused_and_the_old_one_stays(make_router: RouterFactory) -> None:
     router = make_router(["a"], policy="round_robin")
     before = router.config
-    bad: list[dict[str, Any]] = [
-        {"metrics_ttl_s": float("nan")},
-        {"request_ttl_s": -1.0},
-        {"prefix_cache_size": 0},
-        {"char_block_size": 0},
-        {"balance_rel_threshold": 0.5},
-        {"memory_saturation_threshold": 95.0},
-        {"weights": {"load": -1.0}},
-        {"weights": {"speed": 1.0}},
-        {"policy": "fastest"},
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"metrics_ttl_s": float("nan")}, "metrics_ttl_s"),
+        ({"request_ttl_s": -1.0}, "request_ttl_s"),
+        ({"prefix_cache_size": 0}, "prefix_cache_size"),
+        ({"char_block_size": 0}, "char_block_size"),
+        ({"balance_rel_threshold": 0.5}, "prefix_aware.balance_rel_threshold"),
+        ({"memory_saturation_threshold": 95.0}, "memory_saturation_threshold"),
+        ({"weights": {"load": -1.0}}, "llmlb.load"),
+        ({"weights": {"speed": 1.0}}, "speed"),
+        ({"policies": {"prefix_aware": {"balance_abs_threshold": -1.0}}}, "balance_abs"),
+        ({"policy": "fastest"}, "policy"),
     ]
-    for fields in bad:
+    for fields, name in bad:
         with pytest.raises(ConfigError) as error:
             router.reconfigure(RouterConfig(**fields))
-        name = next(iter(fields))
-        assert name in str(error.value) or "speed" in str(error.value)
+        assert name in str(error.value)
     with pytest.raises(TypeError):
         router.reconfigure({"policy": "llmlb"})  # type: ignore[arg-type]
     assert router.config == before
@@ -186,8 +186,35 @@ def test_invalid_config_is_refused_and_the_old_one_stays(make_router: RouterFact
 
 
 def test_config_round_trips_through_a_dict() -> None:
-    config = RouterConfig(policy="gpu_aware", weights={"gpu": 2.0}, seed=3)
+    config = RouterConfig(
+        policy="gpu_aware",
+        weights={"gpu": 2.0},
+        policies={"gpu_aware": {"pressure_scale": 1.0}},
+        seed=3,
+    )
     assert RouterConfig(**config.to_dict()) == config  # type: ignore[arg-type]
     assert config.weights == {"load": 0.25, "prefix": 1.0, "gpu": 2.0}, (
         "unset weights keep defaults"
     )
+    assert config.policies["llmlb"] == config.weights
+    assert config.policies["gpu_aware"] == {"pressure_scale": 1.0}
+
+
+def test_flat_keywords_are_aliases_of_policy_parameters() -> None:
+    flat = RouterConfig(balance_abs_threshold=3.0, balance_rel_threshold=2.0, weights={"load": 1.0})
+    nested = RouterConfig(
+        policies={
+            "prefix_aware": {"balance_abs_threshold": 3.0, "balance_rel_threshold": 2.0},
+            "llmlb": {"load": 1.0},
+        }
+    )
+    assert flat == nested
+    assert (nested.balance_abs_threshold, nested.balance_rel_threshold) == (3.0, 2.0)
+    assert nested.weights["load"] == 1.0
+    agreeing = RouterConfig(balance_abs_threshold=3.0, policies=nested.policies)
+    assert agreeing == nested, "both spellings may be given when they agree"
+    conflict = r"weights\[\"load\"\]=2 conflicts with policies.llmlb.load=1"
+    with pytest.raises(ConfigError, match=conflict):
+        RouterConfig(weights={"load": 2.0}, policies={"llmlb": {"load": 1.0}})
+    with pytest.raises(ConfigError, match="balance_abs_threshold=4 conflicts"):
+        RouterConfig(balance_abs_threshold=4.0, policies=nested.policies)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import model
 import pytest
 from conftest import RouterFactory
-from llmlb_fast import NoAvailableNodeError, Node, RouteDecision, UnknownModelError
+from llmlb_fast import (
+    POLICIES,
+    NoAvailableNodeError,
+    Node,
+    RouteDecision,
+    RouterConfig,
+    UnknownModelError,
+)
 
 SYSTEM = "You are a helpful assistant. " * 8  # 232 bytes: 3 blocks of 64
 
@@ -235,3 +243,36 @@ def test_a_node_reporting_absurd_load_never_wins(make_router: RouterFactory) -> 
     router.update_metrics("a", num_requests_running=1.7e308, num_requests_waiting=1.7e308)
     for policy in ["least_request", "prefix_aware", "gpu_aware", "llmlb"]:
         assert router.route("hello", policy=policy).node_id == "b", policy
+
+
+def test_the_model_mirrors_the_registry() -> None:
+    """tests/model.py lists the same policies, parameters and defaults as the core."""
+    assert RouterConfig().policies == model.POLICY_DEFAULTS
+    assert list(POLICIES) == list(model.POLICY_DEFAULTS)
+    assert set(model.POLICIES) == set(POLICIES) - {"round_robin", "random"}
+
+
+def test_policy_parameters_reach_their_policy(make_router: RouterFactory) -> None:
+    def gpu_aware_scores(pressure_scale: float) -> dict[str, float | None]:
+        router = make_router(
+            ["a", "b"],
+            policy="gpu_aware",
+            policies={"gpu_aware": {"pressure_scale": pressure_scale}},
+        )
+        router.update_metrics("a", sm_utilization=1.0)
+        return {c.node_id: c.score for c in router.route("x").candidates}
+
+    # One unit of load over full capability: a's cost is (1 + scale * 0.5 * 1^2).
+    assert gpu_aware_scores(0.0) == {"a": 1.0, "b": 1.0}
+    assert gpu_aware_scores(2.0) == {"a": 2.0, "b": 1.0}
+    assert gpu_aware_scores(4.0) == {"a": 3.0, "b": 1.0}
+
+
+def test_prefix_aware_thresholds_come_from_its_parameters(make_router: RouterFactory) -> None:
+    def reasons(balance_abs_threshold: float) -> set[str]:
+        params = {"balance_abs_threshold": balance_abs_threshold, "balance_rel_threshold": 1.0}
+        router = make_router(["a", "b"], policy="prefix_aware", policies={"prefix_aware": params})
+        return {router.route(SYSTEM + f"question {i}").reason for i in range(6)}
+
+    assert "fallback_imbalance" not in reasons(100.0)
+    assert "fallback_imbalance" in reasons(1.0)

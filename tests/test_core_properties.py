@@ -39,14 +39,25 @@ configs = st.fixed_dictionaries(
         "chars_per_token": st.sampled_from([1.0, 4.0]),
         "metrics_ttl_s": st.sampled_from([1.0, 5.0]),
         "request_ttl_s": st.sampled_from([3.0, 600.0]),
-        "balance_abs_threshold": st.sampled_from([0.0, 1.0, 3.0]),
-        "balance_rel_threshold": st.sampled_from([1.0, 1.5, 3.0]),
         "memory_saturation_threshold": st.sampled_from([0.9, 0.95, 1.0]),
-        "weights": st.fixed_dictionaries(
+        "policies": st.fixed_dictionaries(
             {
-                "load": st.sampled_from([0.0, 1.0, 2.0]),
-                "prefix": st.sampled_from([0.0, 0.5, 1.0]),
-                "gpu": st.sampled_from([0.0, 0.5, 3.0]),
+                "prefix_aware": st.fixed_dictionaries(
+                    {
+                        "balance_abs_threshold": st.sampled_from([0.0, 1.0, 3.0]),
+                        "balance_rel_threshold": st.sampled_from([1.0, 1.5, 3.0]),
+                    }
+                ),
+                "gpu_aware": st.fixed_dictionaries(
+                    {"pressure_scale": st.sampled_from([0.0, 2.0, 5.0])}
+                ),
+                "llmlb": st.fixed_dictionaries(
+                    {
+                        "load": st.sampled_from([0.0, 1.0, 2.0]),
+                        "prefix": st.sampled_from([0.0, 0.5, 1.0]),
+                        "gpu": st.sampled_from([0.0, 0.5, 3.0]),
+                    }
+                ),
             }
         ),
         "seed": st.integers(0, 2**64 - 1),

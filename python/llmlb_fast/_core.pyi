@@ -17,6 +17,7 @@ __all__ = [
     "RouterConfig",
     "__version__",
     "hash_token_blocks",
+    "memory_usage",
 ]
 
 HASH_SEED: Final[int]
@@ -26,27 +27,47 @@ POLICIES: Final[list[str]]
 def hash_token_blocks(
     token_ids: Sequence[int], *, block_size: int = 16, parent: int | None = None
 ) -> list[int]: ...
+def memory_usage(
+    metrics: Mapping[str, float | None], *, gpu_memory_bytes: int | None = None
+) -> tuple[float | None, float | None]:
+    """``(kv_cache_usage, gpu_memory_usage)`` of a report, as the router judges memory.
+
+    Keys are ``METRIC_FIELDS`` names (None: not reported). ``gpu_memory_usage`` is
+    used / total, with ``gpu_memory_bytes`` (the node's declared memory) standing in for
+    a missing total. A node is saturated when the first of the two that is not None is
+    at or above ``memory_saturation_threshold``. Raises InvalidInputError for an unknown
+    name or a value ``update_metrics`` would refuse.
+    """
 
 __version__: Final[str]
 
 @final
 class RouterConfig:
+    """Every argument defaults from the core (``RouterConfig()`` shows the defaults).
+
+    ``policies`` sets policy parameters: ``{"prefix_aware": {"balance_abs_threshold": 4}}``.
+    ``weights`` (``policies["llmlb"]``) and ``balance_abs_threshold`` /
+    ``balance_rel_threshold`` (``policies["prefix_aware"]``) are older spellings; one
+    that disagrees with ``policies`` is an error.
+    """
+
     def __new__(
         cls,
         *,
-        policy: str = "llmlb",
-        token_block_size: int = 16,
-        char_block_size: int = 64,
-        chars_per_token: float = 4.0,
-        prefix_cache_size: int = 1_000_000,
-        metrics_ttl_s: float = 5.0,
-        request_ttl_s: float = 600.0,
-        load_balance_window_s: float = 30.0,
-        balance_abs_threshold: float = 8.0,
-        balance_rel_threshold: float = 1.5,
-        memory_saturation_threshold: float = 0.95,
-        weights: Mapping[str, float] | None = None,
-        seed: int = 0,
+        policy: str | None = ...,
+        token_block_size: int | None = ...,
+        char_block_size: int | None = ...,
+        chars_per_token: float | None = ...,
+        prefix_cache_size: int | None = ...,
+        metrics_ttl_s: float | None = ...,
+        request_ttl_s: float | None = ...,
+        load_balance_window_s: float | None = ...,
+        memory_saturation_threshold: float | None = ...,
+        policies: Mapping[str, Mapping[str, float]] | None = ...,
+        seed: int | None = ...,
+        weights: Mapping[str, float] | None = ...,
+        balance_abs_threshold: float | None = ...,
+        balance_rel_threshold: float | None = ...,
     ) -> RouterConfig: ...
     @property
     def policy(self) -> str: ...
@@ -65,15 +86,17 @@ class RouterConfig:
     @property
     def load_balance_window_s(self) -> float: ...
     @property
-    def balance_abs_threshold(self) -> float: ...
-    @property
-    def balance_rel_threshold(self) -> float: ...
-    @property
     def memory_saturation_threshold(self) -> float: ...
+    @property
+    def policies(self) -> dict[str, dict[str, float]]: ...
+    @property
+    def seed(self) -> int: ...
     @property
     def weights(self) -> dict[str, float]: ...
     @property
-    def seed(self) -> int: ...
+    def balance_abs_threshold(self) -> float: ...
+    @property
+    def balance_rel_threshold(self) -> float: ...
     def to_dict(self) -> dict[str, object]: ...
     def __eq__(self, value: object, /) -> bool: ...
     def __ne__(self, value: object, /) -> bool: ...

@@ -1,8 +1,21 @@
 """The service's YAML config: schema, defaults, and conversion to the core's types.
 
 The schema checks shape (unknown keys and wrong types are errors naming the key's
-path); the core's ``RouterConfig`` checks the routing values. Durations are seconds,
-given as a number or a string with a unit (``"100ms"``, ``"5s"``, ``"2m"``).
+path); the core's ``RouterConfig`` checks the routing values, and its defaults are the
+routing settings' defaults here. Durations are seconds, given as a number or a string
+with a unit (``"100ms"``, ``"5s"``, ``"2m"``).
+
+Policy parameters live under ``policies``, per policy, only those you change::
+
+    policy: prefix_aware
+    policies:
+      prefix_aware: {balance_abs_threshold: 16, balance_rel_threshold: 2}
+      llmlb: {load: 0.25, prefix: 1.0, gpu: 0.5}
+
+The older spellings ``weights: {load, prefix, gpu}`` (``policies.llmlb``) and
+``scheduling.balance_abs_threshold`` / ``balance_rel_threshold``
+(``policies.prefix_aware``) still work; giving both spellings of one parameter with
+different values is an error.
 """
 
 from __future__ import annotations
@@ -72,28 +85,40 @@ class NodeConfig(_Strict):
         )
 
 
+CORE_DEFAULTS = RouterConfig()
+"""The core's defaults, the one home of every routing setting's default."""
+
+PolicyParams = dict[str, dict[str, float]]
+"""``{policy: {parameter: value}}``."""
+
+
 class WeightsConfig(_Strict):
-    load: float = Field(default=0.25, ge=0)
-    prefix: float = Field(default=1.0, ge=0)
-    gpu: float = Field(default=0.5, ge=0)
+    """The older spelling of ``policies.llmlb``."""
+
+    load: float | None = None
+    prefix: float | None = None
+    gpu: float | None = None
 
 
 class SchedulingConfig(_Strict):
-    prefix_cache_size: int = Field(default=1_000_000, gt=0)
-    token_block_size: int = Field(default=16, gt=0)
-    char_block_size: int = Field(default=64, gt=0)
-    chars_per_token: float = Field(default=4.0, gt=0)
-    balance_abs_threshold: float = Field(default=8.0, ge=0)
-    balance_rel_threshold: float = Field(default=1.5, ge=1)
-    memory_saturation_threshold: float = Field(default=0.95, gt=0, le=1)
-    seed: int = Field(default=0, ge=0)
+    prefix_cache_size: int = Field(default=CORE_DEFAULTS.prefix_cache_size, gt=0)
+    token_block_size: int = Field(default=CORE_DEFAULTS.token_block_size, gt=0)
+    char_block_size: int = Field(default=CORE_DEFAULTS.char_block_size, gt=0)
+    chars_per_token: float = Field(default=CORE_DEFAULTS.chars_per_token, gt=0)
+    memory_saturation_threshold: float = Field(
+        default=CORE_DEFAULTS.memory_saturation_threshold, gt=0, le=1
+    )
+    seed: int = Field(default=CORE_DEFAULTS.seed, ge=0)
+    # The older spellings of policies.prefix_aware.balance_{abs,rel}_threshold.
+    balance_abs_threshold: float | None = None
+    balance_rel_threshold: float | None = None
 
 
 class TimeoutsConfig(_Strict):
     # A routed request never completed is released after this long.
-    request: Seconds = 600.0
+    request: Seconds = CORE_DEFAULTS.request_ttl_s
     # Metrics older than this are ignored by the policies.
-    metrics_ttl: Seconds = 5.0
+    metrics_ttl: Seconds = CORE_DEFAULTS.metrics_ttl_s
     # Graceful shutdown: how long to wait for in-flight RPCs.
     drain: Seconds = 10.0
 
@@ -196,11 +221,14 @@ class AlertsConfig(_Strict):
 
 
 class ServiceConfig(_Strict):
-    policy: str = "llmlb"
-    weights: WeightsConfig = Field(default_factory=WeightsConfig)
+    policy: str = CORE_DEFAULTS.policy
+    # Per-policy parameters, only those that differ from the core's defaults.
+    policies: PolicyParams = Field(default_factory=dict)
+    # The older spelling of policies.llmlb.
+    weights: WeightsConfig | None = None
     scheduling: SchedulingConfig = Field(default_factory=SchedulingConfig)
     gpu_monitor_interval: Seconds = 0.1
-    load_balance_window: Seconds = 30.0
+    load_balance_window: Seconds = CORE_DEFAULTS.load_balance_window_s
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     canary: CanaryConfig | None = None
@@ -208,6 +236,26 @@ class ServiceConfig(_Strict):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     nodes: list[NodeConfig] = Field(default_factory=list)
+
+    @field_validator("policies")
+    @classmethod
+    def _known_parameters(cls, policies: PolicyParams) -> PolicyParams:
+        known = CORE_DEFAULTS.policies
+        for policy, params in policies.items():
+            if policy not in known:
+                raise ValueError(f"unknown policy {policy!r}; known: {', '.join(known)}")
+            unknown = sorted(set(params) - set(known[policy]))
+            if unknown:
+                names = ", ".join(known[policy]) or "none"
+                raise ValueError(
+                    f"{policy}: unknown parameters {unknown}; {policy}'s parameters: {names}"
+                )
+        return policies
+
+    @model_validator(mode="after")
+    def _spellings_agree(self) -> ServiceConfig:
+        self.policy_params()
+        return self
 
     @model_validator(mode="after")
     def _unique_node_ids(self) -> ServiceConfig:
@@ -217,6 +265,49 @@ class ServiceConfig(_Strict):
                 raise ValueError(f"nodes.{index}.id: duplicate node id {node.id!r}")
             seen.add(node.id)
         return self
+
+    def _older_spellings(self) -> list[tuple[str, str, str, float | None]]:
+        """``(key, policy, parameter, value)`` of every older policy-parameter key."""
+        s, w = self.scheduling, self.weights or WeightsConfig()
+        return [
+            (
+                "scheduling.balance_abs_threshold",
+                "prefix_aware",
+                "balance_abs_threshold",
+                s.balance_abs_threshold,
+            ),
+            (
+                "scheduling.balance_rel_threshold",
+                "prefix_aware",
+                "balance_rel_threshold",
+                s.balance_rel_threshold,
+            ),
+            ("weights.load", "llmlb", "load", w.load),
+            ("weights.prefix", "llmlb", "prefix", w.prefix),
+            ("weights.gpu", "llmlb", "gpu", w.gpu),
+        ]
+
+    def name_older_key(self, message: str) -> str:
+        """The core's message about a policy parameter, with the older key it was given as."""
+        for key, policy, param, value in self._older_spellings():
+            if value is not None and f"policies.{policy}.{param} " in message:
+                return f"{message} (given as {key})"
+        return message
+
+    def policy_params(self) -> PolicyParams:
+        """``policies`` with the older keys merged in; ValueError when two disagree."""
+        merged = {policy: dict(params) for policy, params in self.policies.items()}
+        for key, policy, param, value in self._older_spellings():
+            if value is None:
+                continue
+            params = merged.setdefault(policy, {})
+            if params.get(param, value) != value:
+                raise ValueError(
+                    f"{key} ({value:g}) conflicts with policies.{policy}.{param} "
+                    f"({params[param]:g}); give one"
+                )
+            params[param] = value
+        return merged
 
     def router_config(self) -> RouterConfig:
         """The core's config; raises ConfigError when the core refuses a value."""
@@ -230,10 +321,8 @@ class ServiceConfig(_Strict):
             metrics_ttl_s=self.timeouts.metrics_ttl,
             request_ttl_s=self.timeouts.request,
             load_balance_window_s=self.load_balance_window,
-            balance_abs_threshold=s.balance_abs_threshold,
-            balance_rel_threshold=s.balance_rel_threshold,
             memory_saturation_threshold=s.memory_saturation_threshold,
-            weights=self.weights.model_dump(),
+            policies=self.policy_params(),
             seed=s.seed,
         )
 
@@ -262,7 +351,8 @@ def parse_config(data: Any, source: str = "<dict>") -> ServiceConfig:
     try:
         config.router_config()
     except ValueError as error:
-        raise ConfigError(f"invalid config {source}: {error}") from None
+        message = str(error).removeprefix("invalid config: ")
+        raise ConfigError(f"invalid config {source}: {config.name_older_key(message)}") from None
     return config
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from llmlb_fast._core import Completion, Router
+from llmlb_fast._core import Completion, Router, memory_usage
 from llmlb_fast.config import BreakerConfig
 from llmlb_fast.errors import UnknownNodeError
 from llmlb_fast.service.events import (
@@ -44,12 +44,9 @@ def overload_reasons(config: BreakerConfig, metrics: Mapping[str, float | None])
     """The thresholds a metrics sample is over (empty when none)."""
     limits = config.overload
     reasons = []
-    kv = metrics.get("kv_cache_usage")
+    kv, memory = memory_usage(metrics)  # judged as the core's saturation skip judges it
     if limits.kv_cache_usage is not None and kv is not None and kv >= limits.kv_cache_usage:
         reasons.append(f"kv_cache_usage {kv:.3f} >= {limits.kv_cache_usage}")
-    used = metrics.get("gpu_memory_used_bytes")
-    total = metrics.get("gpu_memory_total_bytes")
-    memory = used / total if used is not None and total else None
     if (
         limits.gpu_memory_usage is not None
         and memory is not None

@@ -6,8 +6,9 @@
 //! - [`prefix_index`]: the block-hash radix tree behind KV-cache affinity;
 //! - [`hashing`]: how prompts become chains of block hashes;
 //! - [`scoring`]: per-candidate figures shared by the policies;
-//! - [`policy`]: one file per routing policy;
+//! - [`policy`]: one file per routing policy, and their registry;
 //! - [`lifecycle`]: requests in flight, completion and expiry;
+//! - [`outcome`]: how a request ended;
 //! - [`window`]: per-node sliding-window outcome statistics;
 //! - [`router`]: the façade tying them together.
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod hashing;
 pub mod lifecycle;
 pub mod node_table;
+pub mod outcome;
 pub mod policy;
 pub mod prefix_index;
 pub mod router;
@@ -25,10 +27,12 @@ pub mod scoring;
 pub mod window;
 
 pub use clock::Clock;
-pub use config::{PolicyKind, RouterConfig, Weights};
+pub use config::RouterConfig;
 pub use error::CoreError;
-pub use lifecycle::{Completion, Outcome};
-pub use node_table::{BreakerState, GpuMetrics, NodeSpec, NodeStatus};
+pub use lifecycle::Completion;
+pub use node_table::{BreakerState, GpuMetrics, MemoryUsage, NodeSpec, NodeStatus};
+pub use outcome::Outcome;
+pub use policy::{PolicyKind, PolicyParams, REGISTRY};
 pub use prefix_index::IndexStats;
 pub use router::{CandidateScore, Prompt, Reason, RouteDecision, RouteRequest, Router};
 pub use window::WindowSummary;

@@ -7,46 +7,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::config::PolicyKind;
 use crate::error::{CoreError, CoreResult};
 use crate::node_table::NodeEntry;
+use crate::outcome::Outcome;
+use crate::policy::PolicyKind;
 
 const SHARDS: usize = 32;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    Error,
-    Timeout,
-    /// Released by the router because no completion came within `request_ttl_s`.
-    Expired,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Error => "error",
-            Outcome::Timeout => "timeout",
-            Outcome::Expired => "expired",
-        }
-    }
-
-    pub fn parse(name: &str) -> CoreResult<Self> {
-        match name {
-            "ok" => Ok(Outcome::Ok),
-            "error" => Ok(Outcome::Error),
-            "timeout" => Ok(Outcome::Timeout),
-            other => Err(CoreError::InvalidInput(format!(
-                "unknown outcome {other:?}; expected ok, error or timeout"
-            ))),
-        }
-    }
-
-    pub fn is_failure(self) -> bool {
-        self != Outcome::Ok
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct InFlight {

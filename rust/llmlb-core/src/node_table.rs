@@ -115,32 +115,118 @@ pub struct GpuMetrics {
     pub kv_capacity_tokens: Option<f64>,
 }
 
+/// A node's memory use as one report shows it, each a fraction in [0, 1].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MemoryUsage {
+    /// The engine's KV-cache usage, as reported.
+    pub kv_cache: Option<f64>,
+    /// NVML's used / total, with the node's declared memory when the report gives no
+    /// total; `None` without a used figure or a positive total.
+    pub gpu_memory: Option<f64>,
+}
+
+impl MemoryUsage {
+    /// The figure saturation is judged on: KV-cache usage when reported (engines
+    /// pre-allocate, so NVML's figure stays near full), else GPU memory use.
+    pub fn pressure(&self) -> Option<f64> {
+        self.kv_cache.or(self.gpu_memory)
+    }
+
+    /// Whether a node with this usage takes no new requests (`memory_saturation_threshold`).
+    pub fn is_saturated(&self, threshold: f64) -> bool {
+        self.pressure().is_some_and(|p| p >= threshold)
+    }
+}
+
+/// Which figures are fractions in [0, 1]; every other one is an amount >= 0.
+const FRACTION_FIELDS: [&str; 3] = [
+    "kv_cache_usage",
+    "sm_utilization",
+    "mem_bandwidth_utilization",
+];
+
 impl GpuMetrics {
-    pub fn validate(&self) -> CoreResult<()> {
-        let amounts = [
-            ("gpu_memory_used_bytes", self.gpu_memory_used_bytes),
-            ("gpu_memory_total_bytes", self.gpu_memory_total_bytes),
-            ("kv_cache_memory_bytes", self.kv_cache_memory_bytes),
-            ("compute_memory_bytes", self.compute_memory_bytes),
-            ("pcie_tx_bytes_per_s", self.pcie_tx_bytes_per_s),
-            ("pcie_rx_bytes_per_s", self.pcie_rx_bytes_per_s),
-            ("num_requests_running", self.num_requests_running),
-            ("num_requests_waiting", self.num_requests_waiting),
-            ("kv_capacity_tokens", self.kv_capacity_tokens),
-        ];
-        for (field, value) in amounts {
-            if let Some(v) = value {
-                check_non_negative(field, v)?;
-            }
+    /// The figures' names, in the order of [`GpuMetrics::values`]: the one list the
+    /// binding's `METRIC_FIELDS` and `update_metrics` keywords come from.
+    pub const FIELDS: [&'static str; 12] = [
+        "gpu_memory_used_bytes",
+        "gpu_memory_total_bytes",
+        "kv_cache_memory_bytes",
+        "compute_memory_bytes",
+        "kv_cache_usage",
+        "sm_utilization",
+        "mem_bandwidth_utilization",
+        "pcie_tx_bytes_per_s",
+        "pcie_rx_bytes_per_s",
+        "num_requests_running",
+        "num_requests_waiting",
+        "kv_capacity_tokens",
+    ];
+
+    pub fn values(&self) -> [Option<f64>; 12] {
+        [
+            self.gpu_memory_used_bytes,
+            self.gpu_memory_total_bytes,
+            self.kv_cache_memory_bytes,
+            self.compute_memory_bytes,
+            self.kv_cache_usage,
+            self.sm_utilization,
+            self.mem_bandwidth_utilization,
+            self.pcie_tx_bytes_per_s,
+            self.pcie_rx_bytes_per_s,
+            self.num_requests_running,
+            self.num_requests_waiting,
+            self.kv_capacity_tokens,
+        ]
+    }
+
+    /// The inverse of [`GpuMetrics::values`].
+    pub fn from_values(values: [Option<f64>; 12]) -> Self {
+        let [gpu_memory_used_bytes, gpu_memory_total_bytes, kv_cache_memory_bytes, compute_memory_bytes, kv_cache_usage, sm_utilization, mem_bandwidth_utilization, pcie_tx_bytes_per_s, pcie_rx_bytes_per_s, num_requests_running, num_requests_waiting, kv_capacity_tokens] =
+            values;
+        GpuMetrics {
+            gpu_memory_used_bytes,
+            gpu_memory_total_bytes,
+            kv_cache_memory_bytes,
+            compute_memory_bytes,
+            kv_cache_usage,
+            sm_utilization,
+            mem_bandwidth_utilization,
+            pcie_tx_bytes_per_s,
+            pcie_rx_bytes_per_s,
+            num_requests_running,
+            num_requests_waiting,
+            kv_capacity_tokens,
         }
-        let fractions = [
-            ("kv_cache_usage", self.kv_cache_usage),
-            ("sm_utilization", self.sm_utilization),
-            ("mem_bandwidth_utilization", self.mem_bandwidth_utilization),
-        ];
-        for (field, value) in fractions {
-            if let Some(v) = value {
+    }
+
+    /// Builds a report from `(name, value)` pairs named as in [`GpuMetrics::FIELDS`].
+    pub fn from_named<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, Option<f64>)>,
+    ) -> CoreResult<Self> {
+        let mut values = [None; 12];
+        for (name, value) in pairs {
+            let i = Self::FIELDS
+                .iter()
+                .position(|f| *f == name)
+                .ok_or_else(|| {
+                    CoreError::InvalidInput(format!(
+                        "unknown metric {name:?}; known metrics: {}",
+                        Self::FIELDS.join(", ")
+                    ))
+                })?;
+            values[i] = value;
+        }
+        Ok(Self::from_values(values))
+    }
+
+    pub fn validate(&self) -> CoreResult<()> {
+        for (field, value) in Self::FIELDS.into_iter().zip(self.values()) {
+            let Some(v) = value else { continue };
+            if FRACTION_FIELDS.contains(&field) {
                 check_fraction(field, v)?;
+            } else {
+                check_non_negative(field, v)?;
             }
         }
         if let (Some(used), Some(total)) = (self.gpu_memory_used_bytes, self.gpu_memory_total_bytes)
@@ -154,17 +240,20 @@ impl GpuMetrics {
         Ok(())
     }
 
-    /// Share of memory in use: the engine's KV-cache usage when reported (engines
-    /// pre-allocate, so NVML's figure stays near full), else NVML's used/total.
-    pub fn memory_pressure(&self, declared_total: Option<u64>) -> Option<f64> {
-        if let Some(kv) = self.kv_cache_usage {
-            return Some(kv);
-        }
+    /// Memory use as the router judges it; `declared_total` is the node's declared GPU
+    /// memory, used when the report gives no total.
+    pub fn memory_usage(&self, declared_total: Option<u64>) -> MemoryUsage {
         let total = self
             .gpu_memory_total_bytes
-            .or(declared_total.map(|t| t as f64))?;
-        let used = self.gpu_memory_used_bytes?;
-        (total > 0.0).then(|| (used / total).clamp(0.0, 1.0))
+            .or(declared_total.map(|t| t as f64));
+        let gpu_memory = match (self.gpu_memory_used_bytes, total) {
+            (Some(used), Some(total)) if total > 0.0 => Some((used / total).clamp(0.0, 1.0)),
+            _ => None,
+        };
+        MemoryUsage {
+            kv_cache: self.kv_cache_usage,
+            gpu_memory,
+        }
     }
 }
 
@@ -608,5 +697,56 @@ mod tests {
             ..Default::default()
         };
         assert!(m.validate().is_err());
+    }
+
+    #[test]
+    fn fields_values_and_names_agree() {
+        let values: [Option<f64>; 12] = std::array::from_fn(|i| Some(i as f64 / 100.0));
+        let m = GpuMetrics::from_values(values);
+        assert_eq!(m.values(), values);
+        let named = GpuMetrics::from_named(GpuMetrics::FIELDS.into_iter().zip(values)).unwrap();
+        assert_eq!(named, m);
+        assert_eq!(m.kv_cache_usage, Some(0.04), "FIELDS[4] is kv_cache_usage");
+        assert_eq!(
+            m.kv_capacity_tokens,
+            Some(0.11),
+            "FIELDS[11] is kv_capacity_tokens"
+        );
+        let err = GpuMetrics::from_named([("sm_util", Some(0.5))]).unwrap_err();
+        assert!(err.to_string().contains("sm_utilization"));
+    }
+
+    #[test]
+    fn memory_usage_prefers_the_kv_cache_and_falls_back_to_the_declared_total() {
+        let nvml_only = GpuMetrics {
+            gpu_memory_used_bytes: Some(60.0),
+            ..Default::default()
+        };
+        assert_eq!(nvml_only.memory_usage(None), MemoryUsage::default());
+        let usage = nvml_only.memory_usage(Some(80));
+        assert_eq!((usage.kv_cache, usage.gpu_memory), (None, Some(0.75)));
+        assert_eq!(usage.pressure(), Some(0.75));
+        let both = GpuMetrics {
+            kv_cache_usage: Some(0.2),
+            gpu_memory_total_bytes: Some(64.0),
+            ..nvml_only
+        };
+        let usage = both.memory_usage(Some(80));
+        assert_eq!(
+            (usage.kv_cache, usage.gpu_memory),
+            (Some(0.2), Some(0.9375))
+        );
+        assert_eq!(
+            usage.pressure(),
+            Some(0.2),
+            "KV usage outranks NVML's figure"
+        );
+        assert!(!usage.is_saturated(0.95));
+        assert!(usage.is_saturated(0.2));
+        let zero_total = GpuMetrics {
+            gpu_memory_total_bytes: Some(0.0),
+            ..nvml_only
+        };
+        assert_eq!(zero_total.memory_usage(Some(80)).gpu_memory, None);
     }
 }

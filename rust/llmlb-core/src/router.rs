@@ -8,17 +8,19 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::clock::{secs_to_ns, Clock};
-use crate::config::{PolicyKind, RouterConfig};
+use crate::config::RouterConfig;
 use crate::error::{check_non_negative, CoreError, CoreResult};
 use crate::hashing::{chain_hash_bytes, chain_hash_tokens};
-use crate::lifecycle::{Completion, InFlight, InFlightRegistry, Outcome};
+use crate::lifecycle::{Completion, InFlight, InFlightRegistry};
 use crate::node_table::{
     BreakerState, GpuMetrics, NodeEntry, NodeSpec, NodeStatus, NodeTable, Snapshot, Upserted,
 };
-use crate::policy::{Choice, Policies};
+use crate::outcome::Outcome;
+use crate::policy::{Choice, Policies, PolicyKind};
 use crate::prefix_index::{IndexStats, PrefixIndex, PrefixMatch};
 use crate::scoring::{
-    build_candidates, skip_excluded, skip_other_models, Candidate, RequestFacts, Skip,
+    build_candidates, skip_excluded, skip_other_models, Candidate, CandidateRules, RequestFacts,
+    Skip,
 };
 use crate::window::WindowSummary;
 
@@ -282,7 +284,11 @@ impl Router {
         } else {
             self.index.lookup(&prompt.hashes, now)
         };
-        let mut candidates = build_candidates(&snapshot.nodes, &matched, &config, now);
+        let rules = CandidateRules {
+            metrics_ttl_ns: secs_to_ns(config.metrics_ttl_s),
+            memory_saturation_threshold: config.memory_saturation_threshold,
+        };
+        let mut candidates = build_candidates(&snapshot.nodes, &matched, rules, now);
         if let Some(model) = request.model {
             if !skip_other_models(&mut candidates, model) {
                 return Err(CoreError::UnknownModel(model.to_owned()));
@@ -376,7 +382,7 @@ impl Router {
         loop {
             let mut choice = self
                 .policies
-                .choose(policy, candidates, facts, config)
+                .choose(policy, candidates, facts, &config.policies)
                 .ok_or_else(|| no_node_error(candidates))?;
             let live = &candidates[choice.index].node.live;
             if live.breaker() == BreakerState::HalfOpen && !live.take_probe() {

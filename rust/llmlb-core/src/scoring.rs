@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{RouterConfig, Weights};
-use crate::node_table::{BreakerState, NodeEntry, TimedMetrics};
+use crate::node_table::{BreakerState, MemoryUsage, NodeEntry, TimedMetrics};
 use crate::prefix_index::PrefixMatch;
 
 /// Decode work of one running request, in prefill-token equivalents: with continuous
@@ -60,7 +59,7 @@ pub struct Candidate<'a> {
     /// Memory use now (KV usage moved forward by the load routed since the report).
     pub memory_pressure: Option<f64>,
     /// Memory use as reported: saturation is judged on what was observed.
-    pub reported_memory_pressure: Option<f64>,
+    pub reported_memory: MemoryUsage,
     pub sm_utilization: Option<f64>,
     pub bandwidth_utilization: Option<f64>,
     pub pcie_utilization: Option<f64>,
@@ -77,14 +76,22 @@ impl Candidate<'_> {
     }
 }
 
+/// The settings candidates are built by (from the router config).
+#[derive(Debug, Clone, Copy)]
+pub struct CandidateRules {
+    /// Reports older than this are not used.
+    pub metrics_ttl_ns: u64,
+    /// Nodes whose reported memory use is at or above this are skipped.
+    pub memory_saturation_threshold: f64,
+}
+
 /// Builds the candidate list for one request.
 pub fn build_candidates<'a>(
     nodes: &'a [Arc<NodeEntry>],
     matched: &PrefixMatch,
-    config: &RouterConfig,
+    rules: CandidateRules,
     now_ns: u64,
 ) -> Vec<Candidate<'a>> {
-    let ttl_ns = crate::clock::secs_to_ns(config.metrics_ttl_s);
     let mean_tflops =
         nodes.iter().map(|n| n.spec.peak_tflops).sum::<f64>() / nodes.len().max(1) as f64;
     let slots = nodes.iter().map(|n| n.slot as usize + 1).max().unwrap_or(0);
@@ -100,7 +107,7 @@ pub fn build_candidates<'a>(
                 load: in_flight as f64,
                 capability: node.spec.peak_tflops / mean_tflops,
                 memory_pressure: None,
-                reported_memory_pressure: None,
+                reported_memory: MemoryUsage::default(),
                 sm_utilization: None,
                 bandwidth_utilization: None,
                 pcie_utilization: None,
@@ -110,8 +117,10 @@ pub fn build_candidates<'a>(
                 skip: None,
                 score: None,
             };
-            live.read_fresh_metrics(now_ns, ttl_ns, |m| apply_metrics(&mut candidate, m));
-            candidate.skip = skip_reason(&candidate, config);
+            live.read_fresh_metrics(now_ns, rules.metrics_ttl_ns, |m| {
+                apply_metrics(&mut candidate, m)
+            });
+            candidate.skip = skip_reason(&candidate, rules.memory_saturation_threshold);
             candidate
         })
         .collect()
@@ -130,10 +139,11 @@ fn apply_metrics(candidate: &mut Candidate<'_>, timed: &TimedMetrics) {
     candidate.load = candidate.load.max(reported + routed_since);
     let drift = load_drift(candidate.load, reported, timed.in_flight_at_report);
     let now = |figure: Option<f64>| figure.map(|f| (f * drift).clamp(0.0, 1.0));
-    let memory = m.memory_pressure(candidate.node.spec.gpu_memory_bytes);
-    candidate.reported_memory_pressure = memory;
+    let usage = m.memory_usage(candidate.node.spec.gpu_memory_bytes);
+    candidate.reported_memory = usage;
+    let memory = usage.pressure();
     // NVML's used/total does not follow load (engines pre-allocate); KV usage does.
-    candidate.memory_pressure = if m.kv_cache_usage.is_some() {
+    candidate.memory_pressure = if usage.kv_cache.is_some() {
         now(memory)
     } else {
         memory
@@ -160,7 +170,7 @@ fn load_drift(load_now: f64, reported: f64, in_flight_at_report: u32) -> f64 {
     ((load_now + 1.0) / (then + 1.0)).clamp(0.5, 2.0)
 }
 
-fn skip_reason(c: &Candidate<'_>, config: &RouterConfig) -> Option<Skip> {
+fn skip_reason(c: &Candidate<'_>, saturation_threshold: f64) -> Option<Skip> {
     match c.node.live.breaker() {
         BreakerState::Open => return Some(Skip::BreakerOpen),
         BreakerState::HalfOpen if !c.node.live.probe_available() => return Some(Skip::ProbeInUse),
@@ -173,9 +183,7 @@ fn skip_reason(c: &Candidate<'_>, config: &RouterConfig) -> Option<Skip> {
     {
         return Some(Skip::AtMaxConcurrency);
     }
-    if c.reported_memory_pressure
-        .is_some_and(|p| p >= config.memory_saturation_threshold)
-    {
+    if c.reported_memory.is_saturated(saturation_threshold) {
         return Some(Skip::MemorySaturated);
     }
     None
@@ -238,16 +246,6 @@ pub fn gpu_pressure(c: &Candidate<'_>, decode_share: f64) -> f64 {
     let sm = c.sm_utilization.unwrap_or(0.0);
     let pcie = c.pcie_utilization.unwrap_or(0.0);
     decode_share * bw * bw + (1.0 - decode_share) * sm * sm + 0.25 * pcie * pcie
-}
-
-/// Estimated seconds to first token on this node: its queued prefill plus decode
-/// interference, plus this request's uncached tokens, at the node's prefill rate.
-pub fn estimated_ttft_s(c: &Candidate<'_>, request: &RequestFacts, weights: &Weights) -> f64 {
-    let cached = (weights.prefix * c.matched_blocks as f64 * request.tokens_per_block)
-        .min(request.prompt_tokens);
-    let own = request.prompt_tokens - cached;
-    let queue = weights.load * (c.backlog_tokens + DECODE_TOKENS_PER_RUNNING * c.load);
-    (queue + own) / c.prefill_rate
 }
 
 /// Orders scores ascending with NaN (of either sign) after every number.

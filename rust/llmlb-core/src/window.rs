@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::lifecycle::Outcome;
+use crate::outcome::Outcome;
 
 const BUCKET_NS: u64 = 1_000_000_000;
 

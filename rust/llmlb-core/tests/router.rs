@@ -6,7 +6,7 @@ use std::thread;
 use llmlb_core::hashing::{chain_hash_bytes, chain_hash_tokens, HASH_SEED};
 use llmlb_core::{
     BreakerState, Clock, CoreError, GpuMetrics, NodeSpec, Outcome, PolicyKind, Prompt, Reason,
-    RouteDecision, RouteRequest, Router, RouterConfig, Weights,
+    RouteDecision, RouteRequest, Router, RouterConfig,
 };
 
 fn router(nodes: &[&str], config: RouterConfig) -> Router {
@@ -19,9 +19,9 @@ fn router(nodes: &[&str], config: RouterConfig) -> Router {
     router
 }
 
-fn with_policy(policy: PolicyKind) -> RouterConfig {
+fn with_policy(name: &str) -> RouterConfig {
     RouterConfig {
-        policy,
+        policy: name.parse().unwrap(),
         ..RouterConfig::default()
     }
 }
@@ -63,7 +63,7 @@ fn hashes_match_python_xxhash() {
 
 #[test]
 fn route_counts_and_complete_releases_once() {
-    let router = router(&["a", "b"], with_policy(PolicyKind::LeastRequest));
+    let router = router(&["a", "b"], with_policy("least_request"));
     let first = route_with_id(&router, Prompt::Text("hello"), "r1");
     let second = route_with_id(&router, Prompt::Empty, "r2");
     assert_ne!(
@@ -125,7 +125,7 @@ fn requests_never_completed_expire() {
 
 #[test]
 fn breaker_open_is_skipped_and_half_open_lets_one_probe_through() {
-    let router = router(&["a", "b", "c"], with_policy(PolicyKind::RoundRobin));
+    let router = router(&["a", "b", "c"], with_policy("round_robin"));
     router.set_breaker_state("b", BreakerState::Open).unwrap();
     let ids: Vec<(String, Reason)> = (0..3)
         .map(|i| {
@@ -165,7 +165,7 @@ fn breaker_open_is_skipped_and_half_open_lets_one_probe_through() {
 fn prefix_is_matched_and_forgotten_with_its_node() {
     let config = RouterConfig {
         char_block_size: 4,
-        ..with_policy(PolicyKind::PrefixAware)
+        ..with_policy("prefix_aware")
     };
     let router = router(&["a", "b"], config);
     let first = route_with_id(&router, Prompt::Text("aaaabbbbcc"), "r1");
@@ -193,7 +193,7 @@ fn prefix_is_matched_and_forgotten_with_its_node() {
 
 #[test]
 fn saturated_nodes_are_skipped_unless_all_are() {
-    let router = router(&["a", "b"], with_policy(PolicyKind::GpuAware));
+    let router = router(&["a", "b"], with_policy("gpu_aware"));
     let saturated = GpuMetrics {
         kv_cache_usage: Some(0.99),
         ..GpuMetrics::default()
@@ -238,13 +238,9 @@ fn bad_metrics_are_refused() {
 /// and NaN won the argmin whenever it came first.
 #[test]
 fn a_nan_score_never_wins() {
-    let config = RouterConfig {
-        weights: Weights {
-            load: 0.0,
-            ..Weights::default()
-        },
-        ..RouterConfig::default()
-    };
+    let mut config = RouterConfig::default();
+    let llmlb = "llmlb".parse().unwrap();
+    config.policies.set(llmlb, "load", 0.0).unwrap();
     let router = router(&["a", "b"], config);
     let absurd = GpuMetrics {
         num_requests_running: Some(f64::MAX),
@@ -252,14 +248,14 @@ fn a_nan_score_never_wins() {
         ..GpuMetrics::default()
     };
     router.update_metrics("a", absurd).unwrap();
-    for policy in PolicyKind::ALL {
+    for policy in PolicyKind::all() {
         let d = router
             .route(&RouteRequest {
                 policy: Some(policy),
                 ..RouteRequest::text("hello")
             })
             .unwrap();
-        if !matches!(policy, PolicyKind::RoundRobin | PolicyKind::Random) {
+        if !["round_robin", "random"].contains(&policy.as_str()) {
             assert_eq!(&*d.node_id, "b", "{policy}");
         }
     }
@@ -269,7 +265,7 @@ fn a_nan_score_never_wins() {
 fn token_prompts_share_prefixes() {
     let config = RouterConfig {
         token_block_size: 2,
-        ..with_policy(PolicyKind::Llmlb)
+        ..with_policy("llmlb")
     };
     let router = router(&["a", "b", "c"], config);
     let tokens: Vec<u32> = (0..64).collect();
@@ -351,7 +347,7 @@ fn a_new_node_never_inherits_prefixes_of_a_removed_one() {
         &["steady"],
         RouterConfig {
             char_block_size: 4,
-            ..with_policy(PolicyKind::RoundRobin)
+            ..with_policy("round_robin")
         },
     ));
     let stop = Arc::new(AtomicBool::new(false));
@@ -406,7 +402,7 @@ fn a_new_node_never_inherits_prefixes_of_a_removed_one() {
 
 #[test]
 fn excluded_nodes_are_skipped() {
-    let router = router(&["a", "b"], with_policy(PolicyKind::LeastRequest));
+    let router = router(&["a", "b"], with_policy("least_request"));
     let request = RouteRequest {
         exclude: &["a"],
         ..RouteRequest::text("hello")
@@ -431,7 +427,7 @@ fn excluded_nodes_are_skipped() {
 fn precomputed_block_hashes_route_like_the_token_ids_they_hash() {
     let config = RouterConfig {
         token_block_size: 2,
-        ..with_policy(PolicyKind::PrefixAware)
+        ..with_policy("prefix_aware")
     };
     let router = router(&["a", "b", "c"], config);
     let first: Vec<u32> = (0..9).collect();

@@ -1,6 +1,8 @@
-//! `RouterConfig`: the core's settings as an immutable Python value.
+//! `RouterConfig`: the core's settings as an immutable Python value. Every argument is
+//! optional and defaults from the core's `RouterConfig::default()`, the one home of
+//! the defaults.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use llmlb_core as core;
 use pyo3::prelude::*;
@@ -14,56 +16,90 @@ pub struct RouterConfig {
     pub inner: core::RouterConfig,
 }
 
+/// `{policy: {parameter: value}}`, as Python passes and reads it.
+type PolicyTable = BTreeMap<String, BTreeMap<String, f64>>;
+
+/// Keyword arguments from before policies had parameters of their own: each names one
+/// parameter of one policy. `weights` (the `llmlb` policy's, as a dict) is the third.
+const FLAT_ALIASES: [(&str, &str, &str); 2] = [
+    (
+        "balance_abs_threshold",
+        "prefix_aware",
+        "balance_abs_threshold",
+    ),
+    (
+        "balance_rel_threshold",
+        "prefix_aware",
+        "balance_rel_threshold",
+    ),
+];
+const WEIGHTS_POLICY: &str = "llmlb";
+
 #[pymethods]
 impl RouterConfig {
     #[new]
     #[pyo3(signature = (
         *,
-        policy = "llmlb",
-        token_block_size = 16,
-        char_block_size = 64,
-        chars_per_token = 4.0,
-        prefix_cache_size = 1_000_000,
-        metrics_ttl_s = 5.0,
-        request_ttl_s = 600.0,
-        load_balance_window_s = 30.0,
-        balance_abs_threshold = 8.0,
-        balance_rel_threshold = 1.5,
-        memory_saturation_threshold = 0.95,
+        policy = None,
+        token_block_size = None,
+        char_block_size = None,
+        chars_per_token = None,
+        prefix_cache_size = None,
+        metrics_ttl_s = None,
+        request_ttl_s = None,
+        load_balance_window_s = None,
+        memory_saturation_threshold = None,
+        policies = None,
+        seed = None,
         weights = None,
-        seed = 0,
+        balance_abs_threshold = None,
+        balance_rel_threshold = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        policy: &str,
-        token_block_size: usize,
-        char_block_size: usize,
-        chars_per_token: f64,
-        prefix_cache_size: usize,
-        metrics_ttl_s: f64,
-        request_ttl_s: f64,
-        load_balance_window_s: f64,
-        balance_abs_threshold: f64,
-        balance_rel_threshold: f64,
-        memory_saturation_threshold: f64,
-        weights: Option<HashMap<String, f64>>,
-        seed: u64,
+        policy: Option<&str>,
+        token_block_size: Option<usize>,
+        char_block_size: Option<usize>,
+        chars_per_token: Option<f64>,
+        prefix_cache_size: Option<usize>,
+        metrics_ttl_s: Option<f64>,
+        request_ttl_s: Option<f64>,
+        load_balance_window_s: Option<f64>,
+        memory_saturation_threshold: Option<f64>,
+        policies: Option<PolicyTable>,
+        seed: Option<u64>,
+        weights: Option<BTreeMap<String, f64>>,
+        balance_abs_threshold: Option<f64>,
+        balance_rel_threshold: Option<f64>,
     ) -> PyResult<Self> {
-        let inner = core::RouterConfig {
-            policy: policy.parse().py_err()?,
-            token_block_size,
-            char_block_size,
-            chars_per_token,
-            prefix_cache_size,
-            metrics_ttl_s,
-            request_ttl_s,
-            load_balance_window_s,
-            balance_abs_threshold,
-            balance_rel_threshold,
+        let mut inner = core::RouterConfig::default();
+        if let Some(name) = policy {
+            inner.policy = name.parse().py_err()?;
+        }
+        given(&mut inner.token_block_size, token_block_size);
+        given(&mut inner.char_block_size, char_block_size);
+        given(&mut inner.chars_per_token, chars_per_token);
+        given(&mut inner.prefix_cache_size, prefix_cache_size);
+        given(&mut inner.metrics_ttl_s, metrics_ttl_s);
+        given(&mut inner.request_ttl_s, request_ttl_s);
+        given(&mut inner.load_balance_window_s, load_balance_window_s);
+        given(
+            &mut inner.memory_saturation_threshold,
             memory_saturation_threshold,
-            weights: parse_weights(weights)?,
-            seed,
-        };
+        );
+        given(&mut inner.seed, seed);
+        let mut table = policies.unwrap_or_default();
+        let flat = [balance_abs_threshold, balance_rel_threshold];
+        for ((alias, policy, param), value) in FLAT_ALIASES.into_iter().zip(flat) {
+            if let Some(value) = value {
+                merge_alias(&mut table, alias, policy, param, value)?;
+            }
+        }
+        for (param, value) in weights.unwrap_or_default() {
+            let alias = format!("weights[{param:?}]");
+            merge_alias(&mut table, &alias, WEIGHTS_POLICY, &param, value)?;
+        }
+        set_policy_params(&mut inner.policies, &table)?;
         inner.validate().py_err()?;
         Ok(RouterConfig { inner })
     }
@@ -101,31 +137,47 @@ impl RouterConfig {
         self.inner.load_balance_window_s
     }
     #[getter]
-    fn balance_abs_threshold(&self) -> f64 {
-        self.inner.balance_abs_threshold
-    }
-    #[getter]
-    fn balance_rel_threshold(&self) -> f64 {
-        self.inner.balance_rel_threshold
-    }
-    #[getter]
     fn memory_saturation_threshold(&self) -> f64 {
         self.inner.memory_saturation_threshold
     }
+    /// Every registered policy's parameters, in registry and declaration order (an
+    /// empty dict for a policy without any).
     #[getter]
-    fn weights(&self) -> HashMap<&'static str, f64> {
-        let w = self.inner.weights;
-        HashMap::from([("load", w.load), ("prefix", w.prefix), ("gpu", w.gpu)])
+    fn policies<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let table = PyDict::new(py);
+        for policy in core::PolicyKind::all() {
+            table.set_item(
+                policy.as_str(),
+                params_dict(py, self.inner.policies.of(policy))?,
+            )?;
+        }
+        Ok(table)
     }
     #[getter]
     fn seed(&self) -> u64 {
         self.inner.seed
     }
+    /// Alias of `policies["llmlb"]`.
+    #[getter]
+    fn weights<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        params_dict(py, self.params_of(WEIGHTS_POLICY))
+    }
+    /// Alias of `policies["prefix_aware"]["balance_abs_threshold"]`.
+    #[getter]
+    fn balance_abs_threshold(&self) -> f64 {
+        self.params_of("prefix_aware").get("balance_abs_threshold")
+    }
+    /// Alias of `policies["prefix_aware"]["balance_rel_threshold"]`.
+    #[getter]
+    fn balance_rel_threshold(&self) -> f64 {
+        self.params_of("prefix_aware").get("balance_rel_threshold")
+    }
 
-    /// All settings as a dict (keyword arguments of the constructor).
+    /// All settings as a dict of constructor keywords: the canonical ones, and the
+    /// aliases (which agree with `policies`, so the dict builds this config again).
     fn to_dict<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(slf.py());
-        for name in FIELDS {
+        for name in FIELDS.iter().chain(&ALIASES) {
             dict.set_item(name, slf.getattr(name)?)?;
         }
         Ok(dict)
@@ -140,7 +192,14 @@ impl RouterConfig {
     }
 }
 
-const FIELDS: [&str; 13] = [
+impl RouterConfig {
+    fn params_of(&self, policy: &str) -> &core::policy::Params {
+        let kind = policy.parse().expect("the alias names a registered policy");
+        self.inner.policies.of(kind)
+    }
+}
+
+const FIELDS: [&str; 11] = [
     "policy",
     "token_block_size",
     "char_block_size",
@@ -149,26 +208,58 @@ const FIELDS: [&str; 13] = [
     "metrics_ttl_s",
     "request_ttl_s",
     "load_balance_window_s",
-    "balance_abs_threshold",
-    "balance_rel_threshold",
     "memory_saturation_threshold",
-    "weights",
+    "policies",
     "seed",
 ];
+const ALIASES: [&str; 3] = ["weights", "balance_abs_threshold", "balance_rel_threshold"];
 
-fn parse_weights(weights: Option<HashMap<String, f64>>) -> PyResult<core::Weights> {
-    let mut parsed = core::Weights::default();
-    for (key, value) in weights.unwrap_or_default() {
-        match key.as_str() {
-            "load" => parsed.load = value,
-            "prefix" => parsed.prefix = value,
-            "gpu" => parsed.gpu = value,
-            other => {
-                return Err(to_py(core::CoreError::InvalidConfig(format!(
-                    "unknown weight {other:?}; expected load, prefix or gpu"
-                ))))
-            }
+fn params_dict<'py>(
+    py: Python<'py>,
+    params: &core::policy::Params,
+) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (name, value) in params.iter() {
+        dict.set_item(name, value)?;
+    }
+    Ok(dict)
+}
+
+fn given<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
+/// Puts an alias's value into the policy table; an alias that disagrees with the
+/// table's own value for the same parameter is an error.
+fn merge_alias(
+    table: &mut PolicyTable,
+    alias: &str,
+    policy: &str,
+    param: &str,
+    value: f64,
+) -> PyResult<()> {
+    let params = table.entry(policy.to_owned()).or_default();
+    match params.get(param) {
+        Some(&existing) if existing != value => {
+            Err(to_py(core::CoreError::InvalidConfig(format!(
+                "{alias}={value} conflicts with policies.{policy}.{param}={existing}; give one"
+            ))))
+        }
+        _ => {
+            params.insert(param.to_owned(), value);
+            Ok(())
         }
     }
-    Ok(parsed)
+}
+
+fn set_policy_params(params: &mut core::PolicyParams, table: &PolicyTable) -> PyResult<()> {
+    for (policy, values) in table {
+        let kind = policy.parse().py_err()?;
+        for (name, &value) in values {
+            params.set(kind, name, value).py_err()?;
+        }
+    }
+    Ok(())
 }

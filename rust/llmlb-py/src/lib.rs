@@ -20,7 +20,7 @@ mod _core {
     #[pymodule_export]
     use super::hashing::hash_token_blocks;
     #[pymodule_export]
-    use super::node::{Node, NodeStatus};
+    use super::node::{memory_usage, Node, NodeStatus};
     #[pymodule_export]
     use super::router::Router;
     #[pymodule_export]
@@ -33,12 +33,12 @@ mod _core {
         m.add("HASH_SEED", llmlb_core::hashing::HASH_SEED)?;
         m.add(
             "POLICIES",
-            llmlb_core::PolicyKind::ALL
+            llmlb_core::REGISTRY
                 .iter()
-                .map(|p| p.as_str())
+                .map(|r| r.name)
                 .collect::<Vec<_>>(),
         )?;
-        m.add("METRIC_FIELDS", super::node::METRIC_FIELDS.to_vec())?;
+        m.add("METRIC_FIELDS", llmlb_core::GpuMetrics::FIELDS.to_vec())?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         Ok(())
     }

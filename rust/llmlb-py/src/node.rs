@@ -102,6 +102,21 @@ impl Node {
     }
 }
 
+/// A report's memory use as the router judges it: `(kv_cache_usage,
+/// gpu_memory_usage)`, each a fraction or None (see `core::GpuMetrics::memory_usage`).
+#[pyfunction]
+#[pyo3(signature = (metrics, *, gpu_memory_bytes = None))]
+pub fn memory_usage(
+    metrics: BTreeMap<String, Option<f64>>,
+    gpu_memory_bytes: Option<u64>,
+) -> PyResult<(Option<f64>, Option<f64>)> {
+    let report =
+        core::GpuMetrics::from_named(metrics.iter().map(|(k, v)| (k.as_str(), *v))).py_err()?;
+    report.validate().py_err()?;
+    let usage = report.memory_usage(gpu_memory_bytes);
+    Ok((usage.kv_cache, usage.gpu_memory))
+}
+
 #[pyclass(frozen, module = "llmlb_fast._core")]
 pub struct NodeStatus {
     pub status: core::NodeStatus,
@@ -171,41 +186,9 @@ impl NodeStatus {
     }
 }
 
-pub const METRIC_FIELDS: [&str; 12] = [
-    "gpu_memory_used_bytes",
-    "gpu_memory_total_bytes",
-    "kv_cache_memory_bytes",
-    "compute_memory_bytes",
-    "kv_cache_usage",
-    "sm_utilization",
-    "mem_bandwidth_utilization",
-    "pcie_tx_bytes_per_s",
-    "pcie_rx_bytes_per_s",
-    "num_requests_running",
-    "num_requests_waiting",
-    "kv_capacity_tokens",
-];
-
-pub fn metric_values(m: &core::GpuMetrics) -> [Option<f64>; 12] {
-    [
-        m.gpu_memory_used_bytes,
-        m.gpu_memory_total_bytes,
-        m.kv_cache_memory_bytes,
-        m.compute_memory_bytes,
-        m.kv_cache_usage,
-        m.sm_utilization,
-        m.mem_bandwidth_utilization,
-        m.pcie_tx_bytes_per_s,
-        m.pcie_rx_bytes_per_s,
-        m.num_requests_running,
-        m.num_requests_waiting,
-        m.kv_capacity_tokens,
-    ]
-}
-
 fn metrics_dict<'py>(py: Python<'py>, m: &core::GpuMetrics) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
-    for (name, value) in METRIC_FIELDS.iter().zip(metric_values(m)) {
+    for (name, value) in core::GpuMetrics::FIELDS.iter().zip(m.values()) {
         if let Some(v) = value {
             dict.set_item(name, v)?;
         }

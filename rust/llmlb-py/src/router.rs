@@ -108,7 +108,8 @@ impl Router {
         num_requests_waiting: Option<f64>,
         kv_capacity_tokens: Option<f64>,
     ) -> PyResult<()> {
-        let metrics = core::GpuMetrics {
+        // In `GpuMetrics::FIELDS` order; tests/test_core_metrics.py checks the keywords.
+        let metrics = core::GpuMetrics::from_values([
             gpu_memory_used_bytes,
             gpu_memory_total_bytes,
             kv_cache_memory_bytes,
@@ -121,7 +122,7 @@ impl Router {
             num_requests_running,
             num_requests_waiting,
             kv_capacity_tokens,
-        };
+        ]);
         py.detach(|| self.inner.update_metrics(node_id, metrics))
             .py_err()
     }

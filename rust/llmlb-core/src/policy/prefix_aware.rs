@@ -7,45 +7,74 @@
 //! `balance_rel_threshold` times busier than the idlest node, requests fall back, and
 //! the fallback node then holds that prefix too.
 
-use super::{least_request, Choice, Reason};
-use crate::config::RouterConfig;
-use crate::scoring::{argmin_score, score_order, Candidate};
+use super::{least_request, Choice, ParamSpec, Params, Policy, Reason, Registration};
+use crate::scoring::{argmin_score, score_order, Candidate, RequestFacts};
 
-pub fn choose(candidates: &mut [Candidate<'_>], config: &RouterConfig) -> Option<Choice> {
-    least_request::score(candidates);
-    let overall = argmin_score(candidates)?;
-    let longest = candidates
-        .iter()
-        .filter(|c| c.eligible())
-        .map(|c| c.matched_blocks)
-        .max()
-        .unwrap_or(0);
-    if longest == 0 {
-        return Some(Choice {
-            index: overall,
-            reason: Reason::FallbackLeastRequest,
-        });
-    }
-    let holder = candidates
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.eligible() && c.matched_blocks == longest)
-        .min_by(|(_, a), (_, b)| {
-            score_order(a.score.unwrap_or(f64::NAN), b.score.unwrap_or(f64::NAN))
+const BALANCE_ABS: &str = "balance_abs_threshold";
+const BALANCE_REL: &str = "balance_rel_threshold";
+
+pub(super) const REGISTRATION: Registration = Registration {
+    name: "prefix_aware",
+    params: &[
+        ParamSpec {
+            name: BALANCE_ABS,
+            default: 8.0,
+            min: 0.0,
+        },
+        ParamSpec {
+            name: BALANCE_REL,
+            default: 1.5,
+            min: 1.0,
+        },
+    ],
+    build: |_| Box::new(PrefixAware),
+};
+
+#[derive(Debug)]
+struct PrefixAware;
+
+impl Policy for PrefixAware {
+    fn choose(
+        &self,
+        candidates: &mut [Candidate<'_>],
+        _: &RequestFacts,
+        params: &Params,
+    ) -> Option<Choice> {
+        least_request::score(candidates);
+        let overall = argmin_score(candidates)?;
+        let longest = candidates
+            .iter()
+            .filter(|c| c.eligible())
+            .map(|c| c.matched_blocks)
+            .max()
+            .unwrap_or(0);
+        if longest == 0 {
+            return Some(Choice {
+                index: overall,
+                reason: Reason::FallbackLeastRequest,
+            });
+        }
+        let holder = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.eligible() && c.matched_blocks == longest)
+            .min_by(|(_, a), (_, b)| {
+                score_order(a.score.unwrap_or(f64::NAN), b.score.unwrap_or(f64::NAN))
+            })
+            .map(|(i, _)| i)?;
+        let (holder_load, idlest_load) = (candidates[holder].load, candidates[overall].load);
+        let imbalanced = holder_load - idlest_load > params.get(BALANCE_ABS)
+            && holder_load > params.get(BALANCE_REL) * idlest_load;
+        Some(if imbalanced {
+            Choice {
+                index: overall,
+                reason: Reason::FallbackImbalance,
+            }
+        } else {
+            Choice {
+                index: holder,
+                reason: Reason::PrefixHit,
+            }
         })
-        .map(|(i, _)| i)?;
-    let (holder_load, idlest_load) = (candidates[holder].load, candidates[overall].load);
-    let imbalanced = holder_load - idlest_load > config.balance_abs_threshold
-        && holder_load > config.balance_rel_threshold * idlest_load;
-    Some(if imbalanced {
-        Choice {
-            index: overall,
-            reason: Reason::FallbackImbalance,
-        }
-    } else {
-        Choice {
-            index: holder,
-            reason: Reason::PrefixHit,
-        }
-    })
+    }
 }

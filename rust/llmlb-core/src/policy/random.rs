@@ -2,11 +2,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Choice, Reason};
-use crate::scoring::Candidate;
+use super::{Choice, Params, Policy, Reason, Registration};
+use crate::scoring::{Candidate, RequestFacts};
 
-#[derive(Debug, Default)]
-pub struct RandomPolicy {
+pub(super) const REGISTRATION: Registration = Registration {
+    name: "random",
+    params: &[],
+    build: |seed| Box::new(RandomPolicy::new(seed)),
+};
+
+#[derive(Debug)]
+struct RandomPolicy {
     state: AtomicU64,
 }
 
@@ -18,13 +24,20 @@ fn splitmix64(mut z: u64) -> u64 {
 }
 
 impl RandomPolicy {
-    pub fn new(seed: u64) -> Self {
+    fn new(seed: u64) -> Self {
         RandomPolicy {
             state: AtomicU64::new(seed),
         }
     }
+}
 
-    pub fn choose(&self, candidates: &mut [Candidate<'_>]) -> Option<Choice> {
+impl Policy for RandomPolicy {
+    fn choose(
+        &self,
+        candidates: &mut [Candidate<'_>],
+        _: &RequestFacts,
+        _: &Params,
+    ) -> Option<Choice> {
         let eligible = candidates.iter().filter(|c| c.eligible()).count();
         if eligible == 0 {
             return None;

@@ -2,16 +2,27 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Choice, Reason};
-use crate::scoring::{Candidate, Skip};
+use super::{Choice, Params, Policy, Reason, Registration};
+use crate::scoring::{Candidate, RequestFacts, Skip};
+
+pub(super) const REGISTRATION: Registration = Registration {
+    name: "round_robin",
+    params: &[],
+    build: |_| Box::new(RoundRobinPolicy::default()),
+};
 
 #[derive(Debug, Default)]
-pub struct RoundRobinPolicy {
+struct RoundRobinPolicy {
     next: AtomicUsize,
 }
 
-impl RoundRobinPolicy {
-    pub fn choose(&self, candidates: &mut [Candidate<'_>]) -> Option<Choice> {
+impl Policy for RoundRobinPolicy {
+    fn choose(
+        &self,
+        candidates: &mut [Candidate<'_>],
+        _: &RequestFacts,
+        _: &Params,
+    ) -> Option<Choice> {
         let n = candidates.len();
         if n == 0 {
             return None;
