@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from grpc_harness import running_server
 from llmlb_fast import agent as agent_module
+from llmlb_fast._core import METRIC_FIELDS
 from llmlb_fast.agent import Agent, EngineScraper, NvmlSampler, parse_engine_metrics
 
 from grpc_server.llmlb.v1 import router_pb2 as pb
@@ -66,6 +67,12 @@ def test_nvml_sampler_aggregates_the_node_gpus() -> None:
     assert NvmlSampler(nvml, gpu_indices=[1]).sample()["gpu_memory_used_bytes"] == 20 * GIB
     sampler.shutdown()
     assert nvml.calls[-1] == "shutdown"  # type: ignore[attr-defined]
+
+
+def test_every_field_the_agent_sends_is_in_the_cores_metric_schema() -> None:
+    sent = set(NvmlSampler(fake_pynvml()).sample()) | set(agent_module.ENGINE_GAUGES.values())
+    assert sent <= set(METRIC_FIELDS)
+    assert "kv_cache_usage" in sent and "gpu_memory_used_bytes" in sent
 
 
 def test_without_nvml_the_agent_exits_with_a_clear_message(
