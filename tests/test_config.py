@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from llmlb_fast import POLICIES, RouterConfig
+from llmlb_fast import POLICIES, Node, RouterConfig
 from llmlb_fast.config import load_config, parse_config, parse_config_text
 from llmlb_fast.errors import ConfigError
 
@@ -148,6 +148,8 @@ def test_unchanged_config_has_the_cores_defaults() -> None:
     assert from_yaml.to_dict() == core.to_dict()
     assert from_yaml == core
     assert set(core.policies) == set(POLICIES)
+    [node] = parse_config({"nodes": [{"id": "a"}]}).router_nodes()
+    assert node.peak_tflops == Node("a").peak_tflops
 
 
 def test_policy_parameters_nested_and_in_their_older_spellings() -> None:

@@ -108,7 +108,7 @@ class Node:
         id: str,
         address: str = "",
         *,
-        peak_tflops: float = 989.0,
+        peak_tflops: float | None = ...,
         gpu_memory_bytes: int | None = None,
         max_concurrency: int | None = None,
         prefill_tokens_per_s: float | None = None,

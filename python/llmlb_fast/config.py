@@ -62,7 +62,7 @@ class _Strict(BaseModel):
 class NodeConfig(_Strict):
     id: str = Field(min_length=1)
     address: str = ""
-    peak_tflops: float = Field(default=989.0, gt=0)
+    peak_tflops: float = Field(default=Node("default").peak_tflops, gt=0)  # the core's
     gpu_memory_bytes: int | None = Field(default=None, gt=0)
     max_concurrency: int | None = Field(default=None, gt=0)
     prefill_tokens_per_s: float | None = Field(default=None, gt=0)

@@ -30,7 +30,9 @@ pub use clock::Clock;
 pub use config::RouterConfig;
 pub use error::CoreError;
 pub use lifecycle::Completion;
-pub use node_table::{BreakerState, GpuMetrics, MemoryUsage, NodeSpec, NodeStatus};
+pub use node_table::{
+    BreakerState, GpuMetrics, MemoryUsage, NodeSpec, NodeStatus, DEFAULT_PEAK_TFLOPS,
+};
 pub use outcome::Outcome;
 pub use policy::{PolicyKind, PolicyParams, REGISTRY};
 pub use prefix_index::IndexStats;

@@ -21,7 +21,7 @@ impl Node {
         id,
         address = "",
         *,
-        peak_tflops = 989.0,
+        peak_tflops = None,
         gpu_memory_bytes = None,
         max_concurrency = None,
         prefill_tokens_per_s = None,
@@ -33,7 +33,7 @@ impl Node {
     fn new(
         id: &str,
         address: &str,
-        peak_tflops: f64,
+        peak_tflops: Option<f64>,
         gpu_memory_bytes: Option<u64>,
         max_concurrency: Option<u32>,
         prefill_tokens_per_s: Option<f64>,
@@ -44,7 +44,7 @@ impl Node {
         let spec = core::NodeSpec {
             id: id.into(),
             address: address.to_owned(),
-            peak_tflops,
+            peak_tflops: peak_tflops.unwrap_or(core::DEFAULT_PEAK_TFLOPS),
             gpu_memory_bytes,
             max_concurrency,
             prefill_tokens_per_s,
