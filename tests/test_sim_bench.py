@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from llmlb_fast import RouterConfig
-from llmlb_fast.bench import format_table, parse_router_options
+from llmlb_fast.bench import parse_router_options
 from llmlb_fast.cli import main
+from llmlb_fast.sim.report import format_table
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

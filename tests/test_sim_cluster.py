@@ -20,7 +20,7 @@ import grpc
 import pytest
 from grpc_harness import write_config
 from llmlb_fast.cli import main
-from llmlb_fast.sim.live import SimNode, chat_to_tokens
+from llmlb_fast.sim.node_server import SimNode, chat_to_tokens
 from llmlb_fast.sim.profiles import PROFILES
 
 from grpc_server.llmlb.v1 import router_pb2 as pb

@@ -274,3 +274,17 @@ def test_activity_counts_the_step_in_progress() -> None:
         pytest.approx(end),
         pytest.approx(H100.model.weight_bytes),
     )
+
+
+def test_monitor_reports_the_cores_metric_fields_and_idle_is_zero() -> None:
+    from llmlb_fast._core import METRIC_FIELDS
+    from llmlb_fast.sim.monitor import EngineMonitor
+
+    monitor = EngineMonitor(Engine(H100), interval_s=1.0)
+    reading = monitor.read(1.0)
+    figures = monitor.figures(reading)
+    pcie = {"pcie_rx_bytes_per_s", "pcie_tx_bytes_per_s"}  # the HTTP node adds these
+    assert set(figures) | pcie == set(METRIC_FIELDS)
+    assert (reading.sm_utilization, reading.mem_bandwidth_utilization) == (0.0, 0.0)
+    assert figures["num_requests_running"] == 0.0
+    assert monitor.sample(reading, 1.0, 0).kv_usage == figures["kv_cache_usage"]

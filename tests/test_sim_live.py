@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import aiohttp
-from llmlb_fast.sim.live import SimNode, text_to_tokens
+from llmlb_fast.sim.node_server import SimNode, text_to_tokens
 from llmlb_fast.sim.profiles import PROFILES
 
 SYSTEM = "You are the assistant of a bookshop. Answer politely and concisely. " * 20

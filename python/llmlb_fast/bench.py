@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import sys
@@ -23,25 +22,15 @@ from pathlib import Path
 from typing import Any, cast
 
 from llmlb_fast import POLICIES, RouterConfig
-from llmlb_fast.sim import live_bench
+from llmlb_fast.sim import live_benchmark
 from llmlb_fast.sim.des import RunResult, Simulation, summarize
 from llmlb_fast.sim.profiles import PROFILES, HardwareProfile, load_profiles, parse_cluster
+from llmlb_fast.sim.report import format_table, write_outputs
 from llmlb_fast.sim.workloads import ChatSessions, TraceReplay, Uniform, Workload, read_trace
 
 HELP = "Compare routing policies on a simulated GPU cluster (the article's benchmark table)."
 
 DEFAULT_TRACE = "../shared/traces/mooncake_conversation_trace.jsonl"
-
-# Row label, summary key, "higher is better", format.
-COLUMNS: list[tuple[str, str, bool, str]] = [
-    ("TTFT p50 (ms)", "ttft_p50_ms", False, "{:.0f}"),
-    ("TTFT p95 (ms)", "ttft_p95_ms", False, "{:.0f}"),
-    ("throughput (QPS)", "qps", True, "{:.2f}"),
-    ("output tokens/s", "output_tokens_per_s", True, "{:.0f}"),
-    ("GPU memory util", "gpu_memory_util", True, "{:.1%}"),
-    ("timeout rate", "timeout_rate", False, "{:.2%}"),
-    ("KV-cache hit rate", "kv_hit_rate", True, "{:.1%}"),
-]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--concurrency", type=int, help="closed loop with this many streams (trace, uniform)"
     )
     g.add_argument("--limit", type=int, help="replay only the first N trace requests")
-    live_bench.add_live_arguments(parser)
+    live_benchmark.add_live_arguments(parser)
 
 
 @dataclass(frozen=True)
@@ -243,58 +232,16 @@ def run_all(spec: BenchSpec, policies: Sequence[str], jobs: int, progress: bool)
     return [results[p] for p in policies]
 
 
-def change(value: float, base: float) -> float:
-    if base == 0 or math.isnan(base) or math.isnan(value):
-        return math.nan
-    return (value - base) / base
-
-
-def format_table(summaries: dict[str, dict[str, float]], baseline: str | None) -> str:
-    policies = list(summaries)
-    header = "| metric | " + " | ".join(policies) + " |"
-    lines = [header, "|---" * (len(policies) + 1) + "|"]
-    for label, key, _higher, fmt in COLUMNS:
-        cells = []
-        for p in policies:
-            value = summaries[p][key]
-            cell = "n/a" if math.isnan(value) else fmt.format(value)
-            if baseline and p != baseline:
-                delta = change(value, summaries[baseline][key])
-                if not math.isnan(delta):
-                    cell += f" ({delta:+.1%})"
-            cells.append(cell)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_outputs(
-    out: Path,
-    results: list[RunResult],
-    summaries: dict[str, dict[str, float]],
-    meta: dict[str, Any],
-    table: str,
-    plots: bool,
-) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "table.md", out / "results.json"]
-    (out / "table.md").write_text(f"Command: `{meta['command']}`\n\n{table}\n")
-    payload = {
-        **meta,
-        "results": summaries,
-        "wall_s": {r.policy: round(r.wall_s, 2) for r in results},
-    }
-    (out / "results.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    if plots:
-        from llmlb_fast.sim.plots import plot_load, plot_ttft_cdf
-
-        written.append(plot_ttft_cdf(results, out / "ttft_cdf.png"))
-        written.append(plot_load(results, out / "node_load.png"))
-    return written
+def des_defaults() -> dict[str, Any]:
+    """Every option's value when not given (what the live mode's defaults replace)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return vars(parser.parse_args([]))
 
 
 def run(args: argparse.Namespace) -> int:
     if args.live:
-        for default in live_bench.apply_live_defaults(args):
+        for default in live_benchmark.apply_live_defaults(args, des_defaults()):
             print(f"live mode default: {default}")
     try:
         profiles = dict(PROFILES)
@@ -316,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"llmlb bench: {e}", file=sys.stderr)
         return 2
     if args.live:
-        return live_bench.run_live(args, cluster, policies, command)
+        return live_benchmark.run_live(args, cluster, policies, command)
     started = time.perf_counter()
     results = run_all(spec, policies, args.jobs, progress=not args.no_progress)
     summaries = {r.policy: summarize(r) for r in results}

@@ -1,6 +1,6 @@
 """``llmlb sim-cluster``: a cluster of simulated vLLM nodes in one process.
 
-Each node is a :class:`~llmlb_fast.sim.live.SimNode` (a real HTTP server on its own
+Each node is a :class:`~llmlb_fast.sim.node_server.SimNode` (a real HTTP server on its own
 port). With ``--router HOST:PORT`` every node is registered with the router
 (``RegisterNode``) and streams its simulated GPU figures (memory split weights/KV, SM
 and memory-bandwidth utilisation, PCIe, queue, KV usage and capacity) over the same
@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llmlb_fast.agent import BACKOFF_INITIAL_S, BACKOFF_MAX_S, MetricsReporter
-from llmlb_fast.grpc_path import ensure_grpc_server
-from llmlb_fast.sim.live import SimNode
+from llmlb_fast.sim.node_server import SimNode
 from llmlb_fast.sim.profiles import PROFILES, HardwareProfile, load_profiles, parse_cluster
 
 HELP = "run simulated vLLM nodes (HTTP, OpenAI API) that register with and report to a router"
@@ -300,8 +299,6 @@ def run(args: argparse.Namespace) -> int:
         profiles = cluster_profiles(args.cluster, args.profiles)
         if args.dilation <= 0 or args.report_interval <= 0 or args.chunk_interval <= 0:
             raise ValueError("--dilation, --report-interval and --chunk-interval must be > 0")
-        if args.router:
-            ensure_grpc_server()
     except (ValueError, OSError) as error:
         print(f"llmlb sim-cluster: {error}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from typing import cast
 
 from llmlb_fast import Node, Router, RouterConfig
 from llmlb_fast.sim.engine import Engine, EventKind, SimRequest
+from llmlb_fast.sim.monitor import EngineMonitor, NodeSample
 from llmlb_fast.sim.profiles import BLOCK_TOKENS, HardwareProfile
 from llmlb_fast.sim.workloads import WorkItem, Workload
 
@@ -38,18 +39,6 @@ class RequestRecord:
     finish_s: float | None = None
     outcome: str = "pending"  # ok | timeout | rejected | pending (still running at the end)
     preemptions: int = 0
-
-
-@dataclass
-class NodeSample:
-    time_s: float
-    node: int
-    running: int
-    waiting: int
-    kv_usage: float
-    gpu_memory_util: float
-    sm_util: float
-    bandwidth_util: float
 
 
 @dataclass
@@ -132,7 +121,7 @@ class Simulation:
         self._versions = [0] * len(self.engines)
         self._records: dict[str, RequestRecord] = {}
         self._items: dict[str, WorkItem] = {}
-        self._last_counters = [(0.0, 0.0)] * len(self.engines)
+        self.monitors = [EngineMonitor(e, self.monitor_interval_s) for e in self.engines]
         self._monitor_ticks = 0
         self._pending_arrivals = 0
 
@@ -289,43 +278,11 @@ class Simulation:
         router.set_time(now)
         self._monitor_ticks += 1
         sample = self._monitor_ticks % self.sample_every == 0
-        for i, engine in enumerate(self.engines):
-            snap = engine.snapshot(now)
-            profile = engine.profile
-            busy, read = engine.activity(now)
-            last_busy, last_read = self._last_counters[i]
-            self._last_counters[i] = (busy, read)
-            interval = self.monitor_interval_s
-            sm = min(1.0, max(0.0, (busy - last_busy) / interval))
-            bandwidth = min(1.0, (read - last_read) / (interval * profile.bandwidth_bytes_per_s))
-            total = profile.total_memory_bytes
-            router.update_metrics(
-                self.node_ids[i],
-                # vLLM pre-allocates its KV pool, so NVML sees a constant footprint.
-                gpu_memory_used_bytes=total * profile.gpu_memory_utilization,
-                gpu_memory_total_bytes=total,
-                kv_cache_memory_bytes=snap.kv_cache_memory_bytes,
-                compute_memory_bytes=profile.static_memory_bytes,
-                kv_cache_usage=snap.kv_usage,
-                sm_utilization=sm,
-                mem_bandwidth_utilization=bandwidth,
-                num_requests_running=snap.running,
-                num_requests_waiting=snap.waiting,
-                kv_capacity_tokens=profile.kv_capacity_tokens,
-            )
+        for i, monitor in enumerate(self.monitors):
+            reading = monitor.read(now)
+            router.update_metrics(self.node_ids[i], **monitor.figures(reading))
             if sample:
-                self.result.samples.append(
-                    NodeSample(
-                        time_s=now,
-                        node=i,
-                        running=snap.running,
-                        waiting=snap.waiting,
-                        kv_usage=snap.kv_usage,
-                        gpu_memory_util=snap.gpu_memory_used_bytes / total,
-                        sm_util=sm,
-                        bandwidth_util=bandwidth,
-                    )
-                )
+                self.result.samples.append(monitor.sample(reading, now, i))
 
 
 def percentile(values: Sequence[float], q: float) -> float:

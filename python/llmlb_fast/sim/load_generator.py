@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from llmlb_fast.sim.des import RequestRecord
-from llmlb_fast.sim.live import TOKEN_BYTES, chat_to_tokens
+from llmlb_fast.sim.node_server import TOKEN_BYTES, chat_to_tokens
 
 _WORD_TEXT = (
     "order parcel refund invoice flight seat booking delay weather policy account balance "

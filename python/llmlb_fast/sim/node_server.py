@@ -41,6 +41,7 @@ from prometheus_client.core import (
 )
 
 from llmlb_fast.sim.engine import Engine, EventKind, RequestState, SimRequest
+from llmlb_fast.sim.monitor import EngineMonitor
 from llmlb_fast.sim.profiles import HardwareProfile
 from llmlb_fast.sim.workloads import chain_keys
 
@@ -211,37 +212,17 @@ class SimNode:
                     pending.done.set()
 
     async def _report(self) -> None:
-        last_busy, last_read = 0.0, 0.0
+        monitor = EngineMonitor(self.engine, self.report_interval_s)
         counters = self.engine.counters
         last_in, last_out = counters.prompt_tokens, counters.generated_tokens
         while True:
             await asyncio.sleep(self.report_interval_s / self.dilation)
-            now = self.virtual_now()
-            busy, read = self.engine.activity(now)
-            profile = self.engine.profile
-            interval = self.report_interval_s
-            snap = self.engine.snapshot(now)
+            figures = monitor.figures(monitor.read(self.virtual_now()))
             tokens_in = counters.prompt_tokens - last_in
             tokens_out = counters.generated_tokens - last_out
             last_in, last_out = counters.prompt_tokens, counters.generated_tokens
-            figures = {
-                "gpu_memory_used_bytes": profile.total_memory_bytes
-                * profile.gpu_memory_utilization,
-                "gpu_memory_total_bytes": profile.total_memory_bytes,
-                "kv_cache_memory_bytes": snap.kv_cache_memory_bytes,
-                "compute_memory_bytes": profile.static_memory_bytes,
-                "kv_cache_usage": snap.kv_usage,
-                "sm_utilization": min(1.0, (busy - last_busy) / interval),
-                "mem_bandwidth_utilization": min(
-                    1.0, (read - last_read) / (interval * profile.bandwidth_bytes_per_s)
-                ),
-                "pcie_rx_bytes_per_s": tokens_in * TOKEN_BYTES / interval,
-                "pcie_tx_bytes_per_s": tokens_out * TOKEN_BYTES / interval,
-                "num_requests_running": float(snap.running),
-                "num_requests_waiting": float(snap.waiting),
-                "kv_capacity_tokens": float(profile.kv_capacity_tokens),
-            }
-            last_busy, last_read = busy, read
+            figures["pcie_rx_bytes_per_s"] = tokens_in * TOKEN_BYTES / self.report_interval_s
+            figures["pcie_tx_bytes_per_s"] = tokens_out * TOKEN_BYTES / self.report_interval_s
             if self.on_metrics is not None:
                 self.on_metrics(self.node_id, figures)
 

@@ -3,7 +3,7 @@
 For each policy: a fresh simulated cluster (:class:`~llmlb_fast.sim.cluster.SimCluster`,
 in this process), a fresh ``llmlb serve`` subprocess with the HTTP proxy on and that
 policy, the nodes in its config and their simulated GPU metrics arriving over
-``ReportMetrics``, and the chat load (:mod:`llmlb_fast.sim.live_load`) streamed through
+``ReportMetrics``, and the chat load (:mod:`llmlb_fast.sim.load_generator`) streamed through
 the proxy. Then the same for each external router found (``sglang-router``,
 ``vllm-router``, ``--policy cache_aware``) in front of a fresh cluster. Everything
 listens on 127.0.0.1 ephemeral ports; every subprocess is stopped at the end, on errors
@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmlb_fast.grpc_path import ensure_grpc_server
 from llmlb_fast.sim.cluster import SimCluster
-from llmlb_fast.sim.des import NodeSample, RunResult, summarize
-from llmlb_fast.sim.live_load import ChatLoad, LiveChatLoad
-from llmlb_fast.sim.live_routers import (
+from llmlb_fast.sim.des import RunResult, summarize
+from llmlb_fast.sim.load_generator import ChatLoad, LiveChatLoad
+from llmlb_fast.sim.monitor import EngineMonitor, NodeSample
+from llmlb_fast.sim.peer_routers import (
     EXTERNAL_ROUTERS,
     External,
     external_router,
@@ -43,6 +43,7 @@ from llmlb_fast.sim.live_routers import (
     serve_config,
 )
 from llmlb_fast.sim.profiles import HardwareProfile
+from llmlb_fast.sim.report import format_table, write_outputs
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class NodeSampler:
         self.interval_s = interval_s
         self.samples: list[NodeSample] = []
         self.lags_s: list[float] = []
-        self._last = [(0.0, 0.0)] * len(cluster.nodes)
+        self._monitors = [EngineMonitor(node.engine, interval_s) for node in cluster.nodes]
 
     async def run(self, progress: Callable[[int], object] | None) -> None:
         """Samples until cancelled; ``progress`` gets the whole simulated seconds passed."""
@@ -107,28 +108,8 @@ class NodeSampler:
                 shown += step
 
     def sample(self, now: float) -> None:
-        for i, node in enumerate(self.cluster.nodes):
-            engine = node.engine
-            node_now = node.virtual_now()
-            snap = engine.snapshot(node_now)
-            busy, read = engine.activity(node_now)
-            last_busy, last_read = self._last[i]
-            self._last[i] = (busy, read)
-            profile = engine.profile
-            self.samples.append(
-                NodeSample(
-                    time_s=now,
-                    node=i,
-                    running=snap.running,
-                    waiting=snap.waiting,
-                    kv_usage=snap.kv_usage,
-                    gpu_memory_util=snap.gpu_memory_used_bytes / profile.total_memory_bytes,
-                    sm_util=min(1.0, max(0.0, (busy - last_busy) / self.interval_s)),
-                    bandwidth_util=min(
-                        1.0, (read - last_read) / (self.interval_s * profile.bandwidth_bytes_per_s)
-                    ),
-                )
-            )
+        for i, (node, monitor) in enumerate(zip(self.cluster.nodes, self._monitors, strict=True)):
+            self.samples.append(monitor.sample(monitor.read(node.virtual_now()), now, i))
 
 
 @dataclass
@@ -317,13 +298,8 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def apply_live_defaults(args: argparse.Namespace) -> list[str]:
+def apply_live_defaults(args: argparse.Namespace, des_defaults: dict[str, Any]) -> list[str]:
     """Options left at their DES default take the live default; returns what changed."""
-    from llmlb_fast import bench
-
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
-    des_defaults = vars(parser.parse_args([]))
     changed = []
     for key, value in LIVE_DEFAULTS.items():
         if getattr(args, key) == des_defaults[key]:
@@ -406,14 +382,11 @@ def run_live(
     policies: Sequence[str],
     command: str,
 ) -> int:
-    from llmlb_fast.bench import format_table, write_outputs
-
     try:
         settings = settings_from_args(args, cluster)
         names = [n.strip() for n in (args.external or "").split(",") if n.strip()]
         externals = find_externals(names, args.external_bin_dir)
-        ensure_grpc_server()
-    except (ValueError, ImportError) as error:
+    except ValueError as error:
         print(f"llmlb bench: {error}", file=sys.stderr)
         return 2
     # sglang-router probes the workers with HTTP/2 prior knowledge at startup; the nodes
