@@ -4,6 +4,7 @@ the ext_proc picker without the whole server."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from llmlb_fast import Completion, Node, Router, RouterConfig
 from llmlb_fast.config import ServiceConfig
@@ -17,18 +18,8 @@ class RecordingService(RoutingService):
         super().__init__(config or ServiceConfig(), router)
         self.completions: list[Completion] = []
 
-    def complete(
-        self,
-        request_id: str,
-        outcome: str,
-        *,
-        ttft_s: float | None = None,
-        tokens_in: int = 0,
-        tokens_out: int = 0,
-    ) -> Completion | None:
-        completion = super().complete(
-            request_id, outcome, ttft_s=ttft_s, tokens_in=tokens_in, tokens_out=tokens_out
-        )
+    def complete(self, request_id: str, outcome: str, **details: Any) -> Completion | None:
+        completion = super().complete(request_id, outcome, **details)
         if completion is not None:
             self.completions.append(completion)
         return completion

@@ -17,18 +17,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
+from llmlb_fast import errors
 from llmlb_fast._core import Completion, Node, NodeStatus, RouteDecision, Router
 from llmlb_fast.config import ServiceConfig
-from llmlb_fast.errors import (
-    ConfigError,
-    DuplicateRequestError,
-    InvalidInputError,
-    LlmlbError,
-    NoAvailableNodeError,
-    TableFullError,
-    UnknownModelError,
-    UnknownNodeError,
-)
+from llmlb_fast.errors import ConfigError, LlmlbError
 from llmlb_fast.service.alerts import WebhookAlerter
 from llmlb_fast.service.breakers import BreakerBoard
 from llmlb_fast.service.canary import CanarySplit
@@ -53,12 +45,12 @@ class DrainingError(LlmlbError):
 # Why a route was refused, as the ``error`` label of llmlb_route_errors_total.
 _ROUTE_ERROR_KINDS: tuple[tuple[type[Exception], str], ...] = (
     (DrainingError, "draining"),
-    (UnknownModelError, "unknown_model"),
-    (NoAvailableNodeError, "no_available_node"),
-    (DuplicateRequestError, "duplicate_request"),
-    (TableFullError, "table_full"),
-    (UnknownNodeError, "unknown_node"),
-    (InvalidInputError, "invalid_input"),
+    (errors.UnknownModelError, "unknown_model"),
+    (errors.NoAvailableNodeError, "no_available_node"),
+    (errors.DuplicateRequestError, "duplicate_request"),
+    (errors.TableFullError, "table_full"),
+    (errors.UnknownNodeError, "unknown_node"),
+    (errors.InvalidInputError, "invalid_input"),
 )
 
 

@@ -21,24 +21,15 @@ from llmlb_fast.errors import (
     UnknownModelError,
     UnknownNodeError,
 )
-from llmlb_fast.service.events import (
-    BREAKER_CLOSED,
-    BREAKER_HALF_OPENED,
-    BREAKER_OPENED,
-    CONFIG_REJECTED,
-    CONFIG_RELOADED,
-    Event,
-)
+from llmlb_fast.service import events
+from llmlb_fast.service.events import Event
 from llmlb_fast.service.routing import GRPC, DrainingError, Routed, RoutingService
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 OUTCOMES = {pb.OUTCOME_OK: "ok", pb.OUTCOME_ERROR: "error", pb.OUTCOME_TIMEOUT: "timeout"}
-EVENT_KINDS = {
-    BREAKER_OPENED: pb.EVENT_KIND_BREAKER_OPENED,
-    BREAKER_HALF_OPENED: pb.EVENT_KIND_BREAKER_HALF_OPENED,
-    BREAKER_CLOSED: pb.EVENT_KIND_BREAKER_CLOSED,
-    CONFIG_RELOADED: pb.EVENT_KIND_CONFIG_RELOADED,
-    CONFIG_REJECTED: pb.EVENT_KIND_CONFIG_REJECTED,
+# Service event kind -> wire enum: "breaker_opened" is EVENT_KIND_BREAKER_OPENED.
+EVENT_KINDS: dict[str, pb.EventKind] = {
+    kind: getattr(pb, f"EVENT_KIND_{kind.upper()}") for kind in events.EVENT_KINDS
 }
 EVENT_NAMES = {value: name for name, value in EVENT_KINDS.items()}
 # What Route and Complete may raise for a bad or unlucky request (answered, not crashed).

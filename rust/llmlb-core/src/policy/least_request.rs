@@ -1,9 +1,7 @@
 //! `least_request` (R1): the lowest in-flight load per unit of capability and free memory.
 
-use super::{Choice, Params, Policy, Reason, Registration};
-use crate::scoring::{
-    argmin_score, least_request_cost, mean_memory_pressure, Candidate, RequestFacts,
-};
+use super::{Choice, Decision, Policy, Reason, Registration};
+use crate::scoring::{argmin_score, least_request_cost, mean_memory_pressure, Candidate};
 
 pub(super) const REGISTRATION: Registration = Registration {
     name: "least_request",
@@ -23,12 +21,8 @@ pub(super) fn score(candidates: &mut [Candidate<'_>]) {
 }
 
 impl Policy for LeastRequest {
-    fn choose(
-        &self,
-        candidates: &mut [Candidate<'_>],
-        _: &RequestFacts,
-        _: &Params,
-    ) -> Option<Choice> {
+    fn choose(&self, decision: Decision<'_, '_>) -> Option<Choice> {
+        let Decision { candidates, .. } = decision;
         score(candidates);
         argmin_score(candidates).map(|index| Choice {
             index,

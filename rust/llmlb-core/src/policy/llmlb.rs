@@ -2,7 +2,7 @@
 //! (queued prefill and decode load, plus this request's uncached tokens, at the node's
 //! prefill rate), raised by GPU and memory pressure. Its parameters weigh the three.
 
-use super::{Choice, ParamSpec, Params, Policy, Reason, Registration};
+use super::{Choice, Decision, ParamSpec, Policy, Reason, Registration};
 use crate::scoring::{
     argmin_score, gpu_pressure, Candidate, RequestFacts, DECODE_TOKENS_PER_RUNNING,
 };
@@ -21,21 +21,9 @@ const GPU: &str = "gpu";
 pub(super) const REGISTRATION: Registration = Registration {
     name: "llmlb",
     params: &[
-        ParamSpec {
-            name: LOAD,
-            default: 0.25,
-            min: 0.0,
-        },
-        ParamSpec {
-            name: PREFIX,
-            default: 1.0,
-            min: 0.0,
-        },
-        ParamSpec {
-            name: GPU,
-            default: 0.5,
-            min: 0.0,
-        },
+        ParamSpec::new(LOAD, 0.25, 0.0),
+        ParamSpec::new(PREFIX, 1.0, 0.0),
+        ParamSpec::new(GPU, 0.5, 0.0),
     ],
     build: |_| Box::new(Llmlb),
 };
@@ -51,12 +39,12 @@ struct Weights {
 }
 
 impl Policy for Llmlb {
-    fn choose(
-        &self,
-        candidates: &mut [Candidate<'_>],
-        request: &RequestFacts,
-        params: &Params,
-    ) -> Option<Choice> {
+    fn choose(&self, decision: Decision<'_, '_>) -> Option<Choice> {
+        let Decision {
+            candidates,
+            request,
+            params,
+        } = decision;
         let weights = Weights {
             load: params.get(LOAD),
             prefix: params.get(PREFIX),

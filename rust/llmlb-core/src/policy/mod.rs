@@ -33,12 +33,15 @@ pub static REGISTRY: &[Registration] = &[
 
 pub trait Policy: fmt::Debug + Send + Sync {
     /// Scores the eligible candidates and picks one; `None` when none is eligible.
-    fn choose(
-        &self,
-        candidates: &mut [Candidate<'_>],
-        request: &RequestFacts,
-        params: &Params,
-    ) -> Option<Choice>;
+    fn choose(&self, decision: Decision<'_, '_>) -> Option<Choice>;
+}
+
+/// What a policy decides from: the candidates (scored in place), the request and the
+/// policy's parameters.
+pub struct Decision<'a, 'n> {
+    pub candidates: &'a mut [Candidate<'n>],
+    pub request: &'a RequestFacts,
+    pub params: &'a Params,
 }
 
 /// What the registry knows about a policy.
@@ -184,7 +187,11 @@ impl Policies {
         request: &RequestFacts,
         params: &PolicyParams,
     ) -> Option<Choice> {
-        self.0[policy.index()].choose(candidates, request, params.of(policy))
+        self.0[policy.index()].choose(Decision {
+            candidates,
+            request,
+            params: params.of(policy),
+        })
     }
 }
 

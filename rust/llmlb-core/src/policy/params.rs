@@ -12,6 +12,12 @@ pub struct ParamSpec {
     pub min: f64,
 }
 
+impl ParamSpec {
+    pub const fn new(name: &'static str, default: f64, min: f64) -> Self {
+        ParamSpec { name, default, min }
+    }
+}
+
 /// Values of one policy's parameters, in the order of its specs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Params {

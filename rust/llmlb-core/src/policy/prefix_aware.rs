@@ -7,8 +7,8 @@
 //! `balance_rel_threshold` times busier than the idlest node, requests fall back, and
 //! the fallback node then holds that prefix too.
 
-use super::{least_request, Choice, ParamSpec, Params, Policy, Reason, Registration};
-use crate::scoring::{argmin_score, score_order, Candidate, RequestFacts};
+use super::{least_request, Choice, Decision, ParamSpec, Policy, Reason, Registration};
+use crate::scoring::{argmin_score, score_order};
 
 const BALANCE_ABS: &str = "balance_abs_threshold";
 const BALANCE_REL: &str = "balance_rel_threshold";
@@ -16,16 +16,8 @@ const BALANCE_REL: &str = "balance_rel_threshold";
 pub(super) const REGISTRATION: Registration = Registration {
     name: "prefix_aware",
     params: &[
-        ParamSpec {
-            name: BALANCE_ABS,
-            default: 8.0,
-            min: 0.0,
-        },
-        ParamSpec {
-            name: BALANCE_REL,
-            default: 1.5,
-            min: 1.0,
-        },
+        ParamSpec::new(BALANCE_ABS, 8.0, 0.0),
+        ParamSpec::new(BALANCE_REL, 1.5, 1.0),
     ],
     build: |_| Box::new(PrefixAware),
 };
@@ -34,12 +26,10 @@ pub(super) const REGISTRATION: Registration = Registration {
 struct PrefixAware;
 
 impl Policy for PrefixAware {
-    fn choose(
-        &self,
-        candidates: &mut [Candidate<'_>],
-        _: &RequestFacts,
-        params: &Params,
-    ) -> Option<Choice> {
+    fn choose(&self, decision: Decision<'_, '_>) -> Option<Choice> {
+        let Decision {
+            candidates, params, ..
+        } = decision;
         least_request::score(candidates);
         let overall = argmin_score(candidates)?;
         let longest = candidates

@@ -2,8 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Choice, Params, Policy, Reason, Registration};
-use crate::scoring::{Candidate, RequestFacts};
+use super::{Choice, Decision, Policy, Reason, Registration};
 
 pub(super) const REGISTRATION: Registration = Registration {
     name: "random",
@@ -32,12 +31,8 @@ impl RandomPolicy {
 }
 
 impl Policy for RandomPolicy {
-    fn choose(
-        &self,
-        candidates: &mut [Candidate<'_>],
-        _: &RequestFacts,
-        _: &Params,
-    ) -> Option<Choice> {
+    fn choose(&self, decision: Decision<'_, '_>) -> Option<Choice> {
+        let Decision { candidates, .. } = decision;
         let eligible = candidates.iter().filter(|c| c.eligible()).count();
         if eligible == 0 {
             return None;

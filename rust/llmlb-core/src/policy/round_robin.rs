@@ -2,8 +2,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Choice, Params, Policy, Reason, Registration};
-use crate::scoring::{Candidate, RequestFacts, Skip};
+use super::{Choice, Decision, Policy, Reason, Registration};
+use crate::scoring::Skip;
 
 pub(super) const REGISTRATION: Registration = Registration {
     name: "round_robin",
@@ -17,12 +17,8 @@ struct RoundRobinPolicy {
 }
 
 impl Policy for RoundRobinPolicy {
-    fn choose(
-        &self,
-        candidates: &mut [Candidate<'_>],
-        _: &RequestFacts,
-        _: &Params,
-    ) -> Option<Choice> {
+    fn choose(&self, decision: Decision<'_, '_>) -> Option<Choice> {
+        let Decision { candidates, .. } = decision;
         let n = candidates.len();
         if n == 0 {
             return None;
