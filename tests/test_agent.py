@@ -97,6 +97,8 @@ vllm:kv_cache_usage_perc{model_name="m"} 0.42
 vllm:prefix_cache_queries_total{model_name="m"} %(queries)s
 # TYPE vllm:prefix_cache_hits counter
 vllm:prefix_cache_hits_total{model_name="m"} %(hits)s
+# TYPE vllm:num_preemptions counter
+vllm:num_preemptions_total{model_name="m"} 2.0
 # TYPE vllm:cache_config_info gauge
 vllm:cache_config_info{block_size="16",num_gpu_blocks="25000"} 1.0
 """
@@ -122,6 +124,9 @@ def test_parse_engine_metrics() -> None:
         "num_requests_waiting": 7.0,
         "kv_cache_usage": 0.42,
         "kv_capacity_tokens": 400_000.0,
+        "prefix_cache_hits_total": 40.0,
+        "prefix_cache_queries_total": 100.0,
+        "num_preemptions_total": 2.0,
     }
     assert (vllm.prefix_queries, vllm.prefix_hits) == (100.0, 40.0)
     sglang = parse_engine_metrics(SGLANG_METRICS)

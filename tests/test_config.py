@@ -175,7 +175,7 @@ def test_policy_parameters_nested_and_in_their_older_spellings() -> None:
         "balance_abs_threshold": 32.0,
         "balance_rel_threshold": 2.0,
     }
-    assert nested.policies["llmlb"] == {"load": 1.0, "prefix": 1.0, "gpu": 0.3}
+    assert nested.policies["llmlb"] == {"load": 1.0, "prefix": 1.0, "gpu": 0.3, "memory": 1.0}
     assert nested.policies["gpu_aware"] == {"pressure_scale": 3.0}
 
 
@@ -183,7 +183,7 @@ def test_both_spellings_must_agree() -> None:
     agreeing = parse_config_text(
         "weights: {load: 1.0}\npolicies: {llmlb: {load: 1.0, prefix: 0.5}}"
     ).router_config()
-    assert agreeing.weights == {"load": 1.0, "prefix": 0.5, "gpu": 0.5}
+    assert agreeing.weights == {"load": 1.0, "prefix": 0.5, "gpu": 0.5, "memory": 1.0}
     cases = {
         "weights: {load: 1.0}\npolicies: {llmlb: {load: 2.0}}": (
             "weights.load (1) conflicts with policies.llmlb.load (2); give one"

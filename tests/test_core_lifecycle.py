@@ -90,18 +90,26 @@ def test_consecutive_failures_reset_on_success(make_router: RouterFactory) -> No
 
 def test_stale_metrics_are_ignored(make_router: RouterFactory) -> None:
     router = make_router(["a", "b"], policy="gpu_aware", metrics_ttl_s=5.0)
-    router.update_metrics("a", kv_cache_usage=0.99, num_requests_running=7.0)
+    # Full and turning work away: its waiting queue grew since the report before.
+    for waiting in (1.0, 2.0):
+        router.update_metrics(
+            "a", kv_cache_usage=0.99, num_requests_running=7.0, num_requests_waiting=waiting
+        )
     decision = router.route(None)
     assert decision.node_id == "b"
     a = next(c for c in decision.candidates if c.node_id == "a")
-    assert (a.skipped, a.load) == ("gpu_memory_saturated", 7.0)
+    assert (a.skipped, a.load) == ("gpu_memory_saturated", 9.0)
     router.set_time(5.0)
     assert router.nodes()[0].metrics_fresh, "exactly the ttl old is still fresh"
     router.set_time(5.5)
     status = router.nodes()[0]
     assert not status.metrics_fresh
     assert status.metrics_age_s == pytest.approx(5.5)
-    assert status.metrics == {"kv_cache_usage": 0.99, "num_requests_running": 7.0}
+    assert status.metrics == {
+        "kv_cache_usage": 0.99,
+        "num_requests_running": 7.0,
+        "num_requests_waiting": 2.0,
+    }
     decision = router.route(None)
     a = next(c for c in decision.candidates if c.node_id == "a")
     assert (a.skipped, a.load) == (None, 0.0)
@@ -193,7 +201,7 @@ def test_config_round_trips_through_a_dict() -> None:
         seed=3,
     )
     assert RouterConfig(**config.to_dict()) == config  # type: ignore[arg-type]
-    assert config.weights == {"load": 0.25, "prefix": 1.0, "gpu": 2.0}, (
+    assert config.weights == {"load": 0.25, "prefix": 1.0, "gpu": 2.0, "memory": 1.0}, (
         "unset weights keep defaults"
     )
     assert config.policies["llmlb"] == config.weights

@@ -101,14 +101,23 @@ def test_engine_counts_move_forward_by_what_was_routed_since(make_router: Router
     assert loads == {"a": 13.0, "b": 0.0}, "the 10 reported plus the 3 routed after the report"
 
 
-def test_gpu_aware_skips_a_saturated_node(make_router: RouterFactory) -> None:
+def test_gpu_aware_skips_a_node_that_cannot_admit(make_router: RouterFactory) -> None:
     router = make_router(["hot", "cool"], policy="gpu_aware", memory_saturation_threshold=0.95)
-    router.update_metrics("hot", kv_cache_usage=0.97)
-    router.route(None)  # "cool" now has one more request than "hot"
+    router.update_metrics("hot", kv_cache_usage=0.97, num_requests_waiting=1.0)
+    router.update_metrics("hot", kv_cache_usage=0.97, num_requests_waiting=2.0)
+    router.route(None)  # "cool" now has one more request than "hot" reports
+    router.route(None)
     decision = router.route(None)
     assert decision.node_id == "cool"
     assert decision.reason == "gpu_aware"
     assert candidate(decision, "hot") == (None, 0, "gpu_memory_saturated")
+
+
+def test_a_full_kv_cache_that_still_admits_is_not_skipped(make_router: RouterFactory) -> None:
+    router = make_router(["hot", "cool"], policy="gpu_aware", memory_saturation_threshold=0.95)
+    router.update_metrics("hot", kv_cache_usage=0.97, num_requests_waiting=2.0)
+    router.update_metrics("hot", kv_cache_usage=0.97, num_requests_waiting=1.0)
+    assert candidate(router.route(None), "hot")[2] is None
 
 
 def test_gpu_aware_penalises_bandwidth_for_decode_heavy_requests(
@@ -126,7 +135,12 @@ def test_gpu_aware_penalises_bandwidth_for_decode_heavy_requests(
 
 def test_every_node_saturated_still_routes(make_router: RouterFactory) -> None:
     router = make_router(["a", "b"], policy="llmlb")
-    router.update_metrics("a", kv_cache_usage=0.99)
+    router.update_metrics(
+        "a", kv_cache_usage=0.99, num_preemptions_total=1.0, num_requests_waiting=1.0
+    )
+    router.update_metrics(
+        "a", kv_cache_usage=0.99, num_preemptions_total=2.0, num_requests_waiting=1.0
+    )
     router.update_metrics("b", gpu_memory_used_bytes=79.0, gpu_memory_total_bytes=80.0)
     decision = router.route("hello")
     assert decision.reason == "all_saturated"
@@ -231,7 +245,8 @@ def test_saturation_fallback_never_revives_a_node_of_another_model(
     make_router: RouterFactory,
 ) -> None:
     router = make_router([Node("a", models=["m"]), Node("b", models=["other"])])
-    router.update_metrics("a", kv_cache_usage=1.0)
+    router.update_metrics("a", kv_cache_usage=1.0, num_requests_waiting=1.0)
+    router.update_metrics("a", kv_cache_usage=1.0, num_requests_waiting=3.0)
     decision = router.route("x", model="m")
     assert (decision.node_id, decision.reason) == ("a", "all_saturated")
     assert candidate(decision, "b")[2] == "model_not_served"

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from llmlb_fast import (
     POLICIES,
     DuplicateRequestError,
+    InvalidInputError,
     NoAvailableNodeError,
     Node,
     RouteDecision,
@@ -71,6 +72,8 @@ node_specs = st.fixed_dictionaries(
         "gpu_memory_bytes": st.sampled_from([None, 80 * 2**30]),
         "max_concurrency": st.sampled_from([None, 1, 3]),
         "prefill_tokens_per_s": st.sampled_from([None, 500.0, 20000.0]),
+        # Large enough never to bound the index (the model does not evict).
+        "kv_capacity_tokens": st.sampled_from([None, 10**6]),
         "models": st.sampled_from([None, ["m1"], ["m1", "m2"]]),
     }
 )
@@ -85,9 +88,13 @@ def gpu_reports(draw: st.DrawFn) -> dict[str, float]:
     for name in ["pcie_tx_bytes_per_s", "pcie_rx_bytes_per_s"]:
         if draw(st.booleans()):
             report[name] = draw(st.sampled_from([0.0, 1e9, 32e9, 1e11]))
-    for name in ["num_requests_running", "num_requests_waiting"]:
+    for name in ["num_requests_running", "num_requests_waiting", "num_preemptions_total"]:
         if draw(st.booleans()):
             report[name] = float(draw(st.integers(0, 12)))
+    if draw(st.booleans()):
+        queries = float(draw(st.sampled_from([0, 500, 2000, 10**6])))
+        report["prefix_cache_queries_total"] = queries
+        report["prefix_cache_hits_total"] = queries * draw(st.sampled_from([0.0, 0.3, 1.0]))
     if draw(st.booleans()):
         report["gpu_memory_used_bytes"] = draw(st.sampled_from(FRACTIONS)) * 80 * 2**30
         if draw(st.booleans()):
@@ -99,7 +106,7 @@ def gpu_reports(draw: st.DrawFn) -> dict[str, float]:
 def prompts(draw: st.DrawFn) -> dict[str, Any]:
     kind = draw(st.sampled_from(["text", "text", "tokens", "tokens", "none"]))
     request: dict[str, Any] = {
-        "expected_output_tokens": draw(st.sampled_from([None, 0, 1, 100, 2000])),
+        "expected_output_tokens": draw(st.sampled_from([None, 0, 1, 100, 2000, 100_000])),
         "policy": draw(st.one_of(st.none(), st.sampled_from(POLICIES))),
         "model": draw(st.sampled_from([None, None, "m1", "m2"])),
     }
@@ -159,6 +166,9 @@ class Pair:
         completion = self.real.complete(request_id, outcome)
         assert (completion and completion.node_id) == node_id
 
+    def first_token(self, request_id: str) -> None:
+        assert self.real.first_token(request_id) == self.model.first_token(request_id)
+
     def expire(self) -> None:
         expired = [c.request_id for c in self.real.expire_stale()]
         assert sorted(expired) == sorted(self.model.expire_stale())
@@ -185,6 +195,10 @@ class Pair:
             with pytest.raises(NoAvailableNodeError):
                 self.real.route(request_id=request_id, **request)
             return
+        except model.PromptTooLarge:
+            with pytest.raises(InvalidInputError, match="longer than the KV cache"):
+                self.real.route(request_id=request_id, **request)
+            return
         decision = self.real.route(request_id=request_id, **request)
         index = check_decision(decision, expected)
         self.model.commit(expected, decision.request_id, index)
@@ -198,6 +212,9 @@ class Pair:
             assert status.breaker_state == node.breaker
             assert status.consecutive_failures == node.consecutive_failures
             assert status.prefix_blocks == len(node.blocks)
+            assert status.pending_prefill_tokens == node.pending_prefill
+            assert close(status.backlog_tokens, node.backlog(self.model.now_ns))
+            assert close(status.cache_trust, node.cache_trust)
             on_node = sorted(r for r, req in self.model.requests.items() if req.node.id == node.id)
             assert self.real.in_flight_request_ids(node.id) == on_node
         assert self.real.in_flight_total == len(self.model.requests)
@@ -239,6 +256,7 @@ def check_decision(decision: RouteDecision, expected: model.Decision) -> int:
 OPERATIONS = (
     ["route"] * 8
     + ["complete"] * 4
+    + ["first_token"] * 2
     + ["upsert", "metrics", "metrics", "time"]
     + [
         "breaker",
@@ -274,6 +292,9 @@ def run_step(pair: Pair, data: st.DataObject) -> None:
         known = sorted(pair.model.requests) or ["unknown"]
         request_id = data.draw(st.sampled_from([*known, "r1", "never-routed"]))
         pair.complete(request_id, data.draw(st.sampled_from(["ok", "error", "timeout"])))
+    elif op == "first_token":
+        known = sorted(pair.model.requests) or ["unknown"]
+        pair.first_token(data.draw(st.sampled_from([*known, "never-routed"])))
     elif op == "upsert":
         pair.upsert(data.draw(node_specs))
     elif op == "metrics":

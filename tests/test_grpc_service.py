@@ -45,7 +45,7 @@ def test_route_and_complete_round_trip() -> None:
             nodes = {n.node.id: n for n in (await s.stub.ListNodes(pb.ListNodesRequest())).nodes}
             assert nodes[routed.node_id].in_flight == 0
             # The same prompt again is matched against the prefix the first one left.
-            again = await s.stub.Route(pb.RouteRequest(text=SYSTEM_PROMPT + "hi"))
+            again = await s.stub.Route(pb.RouteRequest(model="m", text=SYSTEM_PROMPT + "hi"))
             assert again.matched_prefix_tokens > 0
             assert again.node_id == routed.node_id
             assert not again.candidates  # only when asked for
@@ -280,5 +280,51 @@ def test_metrics_endpoint() -> None:
             assert {lbl["node"] for lbl, _ in m["llmlb_in_flight_requests"]} == {"a", "b"}
             assert ({"node": "a"}, 0.0) in m["llmlb_breaker_state"]
             assert ({"policy": "llmlb", "outcome": "ok"}, 3.0) in m["llmlb_completions_total"]
+
+    asyncio.run(scenario())
+
+
+def test_first_token_releases_the_prompt_and_huge_prompts_are_invalid() -> None:
+    async def scenario() -> None:
+        async with running_server() as s:
+            await s.stub.RegisterNode(
+                pb.RegisterNodeRequest(
+                    node=pb.NodeSpec(id="small", address="s:1", kv_capacity_tokens=1000)
+                )
+            )
+            await s.stub.DeregisterNode(pb.DeregisterNodeRequest(node_id="a"))
+            await s.stub.DeregisterNode(pb.DeregisterNodeRequest(node_id="b"))
+            too_long = pb.RouteRequest(token_ids=pb.TokenIds(ids=list(range(2000))))
+            details = await expect_error(s.stub.Route(too_long), CODE.INVALID_ARGUMENT)
+            assert "longer than the KV cache" in details
+            routed = await s.stub.Route(
+                pb.RouteRequest(
+                    token_ids=pb.TokenIds(ids=list(range(500))), expected_output_tokens=8
+                )
+            )
+
+            async def pending() -> int:
+                [node] = (await s.stub.ListNodes(pb.ListNodesRequest())).nodes
+                return int(node.backlog_tokens)
+
+            assert 400 < await pending() <= 500  # draining at the declared rate meanwhile
+            await s.stub.FirstToken(pb.FirstTokenRequest(request_id=routed.request_id))
+            assert await pending() == 0
+            await expect_error(
+                s.stub.FirstToken(pb.FirstTokenRequest(request_id="nope")), CODE.NOT_FOUND
+            )
+            reply = await s.stub.RouteStream(
+                [
+                    pb.RouteStreamRequest(
+                        calls=[
+                            pb.StreamCall(
+                                tag=1,
+                                first_token=pb.FirstTokenRequest(request_id=routed.request_id),
+                            )
+                        ]
+                    )
+                ]
+            ).read()
+            assert reply.results[0].WhichOneof("result") == "first_token"
 
     asyncio.run(scenario())

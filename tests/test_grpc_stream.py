@@ -52,7 +52,7 @@ def test_a_batch_is_answered_in_order_and_errors_do_not_end_the_stream() -> None
             errors = [(r.error.code, r.error.message) for r in results[2:6]]
             assert errors[0][0] == CODE.NOT_FOUND.value[0] and "r1" in errors[0][1]
             assert errors[1][0] == CODE.NOT_FOUND.value[0] and "nobody-serves-this" in errors[1][1]
-            assert errors[2][0] == CODE.INVALID_ARGUMENT.value[0] and "neither" in errors[2][1]
+            assert errors[2][0] == CODE.INVALID_ARGUMENT.value[0] and "no route" in errors[2][1]
             assert errors[3][0] == CODE.INVALID_ARGUMENT.value[0] and "outcome" in errors[3][1]
             assert results[6].route.prompt_tokens == 3
             # The stream goes on after refused calls.

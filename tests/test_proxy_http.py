@@ -77,6 +77,8 @@ def test_sse_passes_through_byte_for_byte_and_chunk_by_chunk() -> None:
                 first = await resp.content.readany()
                 assert first == chunks[0]
                 assert h.router.in_flight_total == 1
+                # Its first bytes carried the first token: no prefill left queued.
+                assert h.router.nodes()[0].pending_prefill_tokens == 0
                 received = bytearray(first)
                 while True:
                     gate.set()

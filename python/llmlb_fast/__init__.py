@@ -15,6 +15,7 @@ from llmlb_fast._core import (
     Router,
     RouterConfig,
     __version__,
+    chain_seed,
     hash_token_blocks,
 )
 from llmlb_fast.errors import (
@@ -47,5 +48,6 @@ __all__ = [
     "UnknownModelError",
     "UnknownNodeError",
     "__version__",
+    "chain_seed",
     "hash_token_blocks",
 ]

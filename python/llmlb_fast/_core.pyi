@@ -16,6 +16,7 @@ __all__ = [
     "Router",
     "RouterConfig",
     "__version__",
+    "chain_seed",
     "hash_token_blocks",
     "memory_usage",
 ]
@@ -24,8 +25,17 @@ HASH_SEED: Final[int]
 METRIC_FIELDS: Final[list[str]]
 POLICIES: Final[list[str]]
 
+def chain_seed(model: str | None = None, adapter: str | None = None) -> int:
+    """Seed of a prompt's first block: ``HASH_SEED`` when neither is named, else
+    ``xxh3_64(model, seed=HASH_SEED)`` then ``xxh3_64(adapter, seed=that)``."""
+
 def hash_token_blocks(
-    token_ids: Sequence[int], *, block_size: int = 16, parent: int | None = None
+    token_ids: Sequence[int],
+    *,
+    block_size: int = 16,
+    parent: int | None = None,
+    model: str | None = None,
+    adapter: str | None = None,
 ) -> list[int]: ...
 def memory_usage(
     metrics: Mapping[str, float | None], *, gpu_memory_bytes: int | None = None
@@ -34,8 +44,10 @@ def memory_usage(
 
     Keys are ``METRIC_FIELDS`` names (None: not reported). ``gpu_memory_usage`` is
     used / total, with ``gpu_memory_bytes`` (the node's declared memory) standing in for
-    a missing total. A node is saturated when the first of the two that is not None is
-    at or above ``memory_saturation_threshold``. Raises InvalidInputError for an unknown
+    a missing total. A node whose report has no KV figure is skipped when its GPU
+    memory use is at or above ``memory_saturation_threshold``; one with a KV figure
+    only when its KV use is, and its waiting queue grew or it preempted since its
+    previous report. Raises InvalidInputError for an unknown
     name or a value ``update_metrics`` would refuse.
     """
 
@@ -63,6 +75,8 @@ class RouterConfig:
         request_ttl_s: float | None = ...,
         load_balance_window_s: float | None = ...,
         memory_saturation_threshold: float | None = ...,
+        default_output_tokens: int | None = ...,
+        max_output_tokens: int | None = ...,
         policies: Mapping[str, Mapping[str, float]] | None = ...,
         seed: int | None = ...,
         weights: Mapping[str, float] | None = ...,
@@ -87,6 +101,10 @@ class RouterConfig:
     def load_balance_window_s(self) -> float: ...
     @property
     def memory_saturation_threshold(self) -> float: ...
+    @property
+    def default_output_tokens(self) -> int: ...
+    @property
+    def max_output_tokens(self) -> int: ...
     @property
     def policies(self) -> dict[str, dict[str, float]]: ...
     @property
@@ -153,6 +171,10 @@ class NodeStatus:
     def consecutive_failures(self) -> int: ...
     @property
     def backlog_tokens(self) -> float: ...
+    @property
+    def pending_prefill_tokens(self) -> int: ...
+    @property
+    def cache_trust(self) -> float: ...
     @property
     def metrics(self) -> dict[str, float] | None: ...
     @property
@@ -246,6 +268,9 @@ class Router:
         num_requests_running: float | None = None,
         num_requests_waiting: float | None = None,
         kv_capacity_tokens: float | None = None,
+        prefix_cache_hits_total: float | None = None,
+        prefix_cache_queries_total: float | None = None,
+        num_preemptions_total: float | None = None,
     ) -> None: ...
     def clear_node_cache(self, node_id: str) -> None: ...
     def set_breaker_state(self, node_id: str, state: str) -> str: ...
@@ -259,9 +284,11 @@ class Router:
         request_id: str | None = None,
         expected_output_tokens: int | None = None,
         model: str | None = None,
+        adapter: str | None = None,
         exclude: Sequence[str] | None = None,
         policy: str | None = None,
     ) -> RouteDecision: ...
+    def first_token(self, request_id: str) -> bool: ...
     def complete(
         self,
         request_id: str,

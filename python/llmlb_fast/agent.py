@@ -98,6 +98,7 @@ ENGINE_GAUGES = {
     "sglang:num_queue_reqs": "num_requests_waiting",
     "sglang:token_usage": "kv_cache_usage",
     "sglang:max_total_num_tokens": "kv_capacity_tokens",
+    "vllm:num_preemptions_total": "num_preemptions_total",
 }
 _PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
 _PREFIX_HITS = "vllm:prefix_cache_hits_total"
@@ -136,6 +137,9 @@ def parse_engine_metrics(text: str) -> EngineScrape:
                     sums["kv_capacity_tokens"] = float(int(blocks) * int(block_size))
     if "kv_cache_usage" in sums:
         sums["kv_cache_usage"] = min(max(sums["kv_cache_usage"], 0.0), 1.0)
+    if scrape.prefix_hits is not None and scrape.prefix_queries is not None:
+        sums["prefix_cache_hits_total"] = scrape.prefix_hits
+        sums["prefix_cache_queries_total"] = scrape.prefix_queries
     scrape.metrics = sums
     return scrape
 

@@ -108,6 +108,10 @@ class SchedulingConfig(_Strict):
     memory_saturation_threshold: float = Field(
         default=CORE_DEFAULTS.memory_saturation_threshold, gt=0, le=1
     )
+    # Output tokens expected of a request without max_tokens, and the most expected
+    # of any (they size the KV room a request needs).
+    default_output_tokens: int = Field(default=CORE_DEFAULTS.default_output_tokens, ge=0)
+    max_output_tokens: int = Field(default=CORE_DEFAULTS.max_output_tokens, ge=0)
     seed: int = Field(default=CORE_DEFAULTS.seed, ge=0)
     # The older spellings of policies.prefix_aware.balance_{abs,rel}_threshold.
     balance_abs_threshold: float | None = None
@@ -127,7 +131,9 @@ class OverloadConfig(_Strict):
     """A node over any set threshold for ``window`` seconds trips its breaker."""
 
     window: Seconds = 10.0
-    kv_cache_usage: float | None = Field(default=0.99, gt=0, le=1)
+    # Off by default: a busy engine keeps its KV cache nearly full of running requests,
+    # so high KV use says nothing about health (the router weighs the room instead).
+    kv_cache_usage: float | None = Field(default=None, gt=0, le=1)
     gpu_memory_usage: float | None = Field(default=0.99, gt=0, le=1)
     num_requests_waiting: float | None = Field(default=None, gt=0)
 
@@ -322,6 +328,8 @@ class ServiceConfig(_Strict):
             request_ttl_s=self.timeouts.request,
             load_balance_window_s=self.load_balance_window,
             memory_saturation_threshold=s.memory_saturation_threshold,
+            default_output_tokens=s.default_output_tokens,
+            max_output_tokens=s.max_output_tokens,
             policies=self.policy_params(),
             seed=s.seed,
         )

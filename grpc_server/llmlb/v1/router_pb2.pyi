@@ -40,7 +40,7 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RouteRequest(_message.Message):
-    __slots__ = ("request_id", "model", "text", "token_ids", "session_id", "expected_output_tokens", "include_candidates")
+    __slots__ = ("request_id", "model", "text", "token_ids", "session_id", "expected_output_tokens", "include_candidates", "adapter")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class RouteRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     text: str
@@ -55,7 +56,18 @@ class RouteRequest(_message.Message):
     session_id: str
     expected_output_tokens: int
     include_candidates: bool
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., session_id: _Optional[str] = ..., expected_output_tokens: _Optional[int] = ..., include_candidates: _Optional[bool] = ...) -> None: ...
+    adapter: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., session_id: _Optional[str] = ..., expected_output_tokens: _Optional[int] = ..., include_candidates: _Optional[bool] = ..., adapter: _Optional[str] = ...) -> None: ...
+
+class FirstTokenRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class FirstTokenResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class CandidateScore(_message.Message):
     __slots__ = ("node_id", "score", "in_flight", "load", "matched_blocks", "skipped")
@@ -124,14 +136,16 @@ class CompleteResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., policy: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., was_probe: _Optional[bool] = ...) -> None: ...
 
 class StreamCall(_message.Message):
-    __slots__ = ("tag", "route", "complete")
+    __slots__ = ("tag", "route", "complete", "first_token")
     TAG_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tag: int
     route: RouteRequest
     complete: CompleteRequest
-    def __init__(self, tag: _Optional[int] = ..., route: _Optional[_Union[RouteRequest, _Mapping]] = ..., complete: _Optional[_Union[CompleteRequest, _Mapping]] = ...) -> None: ...
+    first_token: FirstTokenRequest
+    def __init__(self, tag: _Optional[int] = ..., route: _Optional[_Union[RouteRequest, _Mapping]] = ..., complete: _Optional[_Union[CompleteRequest, _Mapping]] = ..., first_token: _Optional[_Union[FirstTokenRequest, _Mapping]] = ...) -> None: ...
 
 class StreamError(_message.Message):
     __slots__ = ("code", "message")
@@ -142,16 +156,18 @@ class StreamError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StreamResult(_message.Message):
-    __slots__ = ("tag", "route", "complete", "error")
+    __slots__ = ("tag", "route", "complete", "error", "first_token")
     TAG_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tag: int
     route: RouteResponse
     complete: CompleteResponse
     error: StreamError
-    def __init__(self, tag: _Optional[int] = ..., route: _Optional[_Union[RouteResponse, _Mapping]] = ..., complete: _Optional[_Union[CompleteResponse, _Mapping]] = ..., error: _Optional[_Union[StreamError, _Mapping]] = ...) -> None: ...
+    first_token: FirstTokenResponse
+    def __init__(self, tag: _Optional[int] = ..., route: _Optional[_Union[RouteResponse, _Mapping]] = ..., complete: _Optional[_Union[CompleteResponse, _Mapping]] = ..., error: _Optional[_Union[StreamError, _Mapping]] = ..., first_token: _Optional[_Union[FirstTokenResponse, _Mapping]] = ...) -> None: ...
 
 class RouteStreamRequest(_message.Message):
     __slots__ = ("calls",)
@@ -260,7 +276,7 @@ class ListNodesResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ...) -> None: ...
 
 class NodeMetrics(_message.Message):
-    __slots__ = ("node_id", "gpu_memory_used_bytes", "gpu_memory_total_bytes", "kv_cache_memory_bytes", "compute_memory_bytes", "kv_cache_usage", "sm_utilization", "mem_bandwidth_utilization", "pcie_tx_bytes_per_s", "pcie_rx_bytes_per_s", "num_requests_running", "num_requests_waiting", "kv_capacity_tokens", "prefix_cache_hit_rate", "cache_reset")
+    __slots__ = ("node_id", "gpu_memory_used_bytes", "gpu_memory_total_bytes", "kv_cache_memory_bytes", "compute_memory_bytes", "kv_cache_usage", "sm_utilization", "mem_bandwidth_utilization", "pcie_tx_bytes_per_s", "pcie_rx_bytes_per_s", "num_requests_running", "num_requests_waiting", "kv_capacity_tokens", "prefix_cache_hit_rate", "cache_reset", "prefix_cache_hits_total", "prefix_cache_queries_total", "num_preemptions_total")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     GPU_MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     GPU_MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +292,9 @@ class NodeMetrics(_message.Message):
     KV_CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     CACHE_RESET_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_HITS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_QUERIES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    NUM_PREEMPTIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     gpu_memory_used_bytes: float
     gpu_memory_total_bytes: float
@@ -291,7 +310,10 @@ class NodeMetrics(_message.Message):
     kv_capacity_tokens: float
     prefix_cache_hit_rate: float
     cache_reset: bool
-    def __init__(self, node_id: _Optional[str] = ..., gpu_memory_used_bytes: _Optional[float] = ..., gpu_memory_total_bytes: _Optional[float] = ..., kv_cache_memory_bytes: _Optional[float] = ..., compute_memory_bytes: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., sm_utilization: _Optional[float] = ..., mem_bandwidth_utilization: _Optional[float] = ..., pcie_tx_bytes_per_s: _Optional[float] = ..., pcie_rx_bytes_per_s: _Optional[float] = ..., num_requests_running: _Optional[float] = ..., num_requests_waiting: _Optional[float] = ..., kv_capacity_tokens: _Optional[float] = ..., prefix_cache_hit_rate: _Optional[float] = ..., cache_reset: _Optional[bool] = ...) -> None: ...
+    prefix_cache_hits_total: float
+    prefix_cache_queries_total: float
+    num_preemptions_total: float
+    def __init__(self, node_id: _Optional[str] = ..., gpu_memory_used_bytes: _Optional[float] = ..., gpu_memory_total_bytes: _Optional[float] = ..., kv_cache_memory_bytes: _Optional[float] = ..., compute_memory_bytes: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., sm_utilization: _Optional[float] = ..., mem_bandwidth_utilization: _Optional[float] = ..., pcie_tx_bytes_per_s: _Optional[float] = ..., pcie_rx_bytes_per_s: _Optional[float] = ..., num_requests_running: _Optional[float] = ..., num_requests_waiting: _Optional[float] = ..., kv_capacity_tokens: _Optional[float] = ..., prefix_cache_hit_rate: _Optional[float] = ..., cache_reset: _Optional[bool] = ..., prefix_cache_hits_total: _Optional[float] = ..., prefix_cache_queries_total: _Optional[float] = ..., num_preemptions_total: _Optional[float] = ...) -> None: ...
 
 class ReportMetricsResponse(_message.Message):
     __slots__ = ("accepted",)

@@ -39,6 +39,11 @@ class RouterStub:
                 request_serializer=grpc__server_dot_llmlb_dot_v1_dot_router__pb2.RouteRequest.SerializeToString,
                 response_deserializer=grpc__server_dot_llmlb_dot_v1_dot_router__pb2.RouteResponse.FromString,
                 _registered_method=True)
+        self.FirstToken = channel.unary_unary(
+                '/llmlb.v1.Router/FirstToken',
+                request_serializer=grpc__server_dot_llmlb_dot_v1_dot_router__pb2.FirstTokenRequest.SerializeToString,
+                response_deserializer=grpc__server_dot_llmlb_dot_v1_dot_router__pb2.FirstTokenResponse.FromString,
+                _registered_method=True)
         self.Complete = channel.unary_unary(
                 '/llmlb.v1.Router/Complete',
                 request_serializer=grpc__server_dot_llmlb_dot_v1_dot_router__pb2.CompleteRequest.SerializeToString,
@@ -86,6 +91,14 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FirstToken(self, request, context):
+        """The request's first token arrived: its prompt stops counting as queued prefill on
+        its node (call it for streamed responses; Complete releases it otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Complete(self, request, context):
         """Releases a routed request and reports how it went.
         """
@@ -94,7 +107,7 @@ class RouterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RouteStream(self, request_iterator, context):
-        """Route and Complete on one long-lived stream, for gateways that want throughput:
+        """Route, FirstToken and Complete on one long-lived stream, for gateways that want throughput:
         each message is a batch of calls; each gets one reply holding a result per call,
         in order. A refused call gets an error result; the stream goes on.
         """
@@ -143,6 +156,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Route,
                     request_deserializer=grpc__server_dot_llmlb_dot_v1_dot_router__pb2.RouteRequest.FromString,
                     response_serializer=grpc__server_dot_llmlb_dot_v1_dot_router__pb2.RouteResponse.SerializeToString,
+            ),
+            'FirstToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.FirstToken,
+                    request_deserializer=grpc__server_dot_llmlb_dot_v1_dot_router__pb2.FirstTokenRequest.FromString,
+                    response_serializer=grpc__server_dot_llmlb_dot_v1_dot_router__pb2.FirstTokenResponse.SerializeToString,
             ),
             'Complete': grpc.unary_unary_rpc_method_handler(
                     servicer.Complete,
@@ -207,6 +225,33 @@ class Router:
             '/llmlb.v1.Router/Route',
             grpc__server_dot_llmlb_dot_v1_dot_router__pb2.RouteRequest.SerializeToString,
             grpc__server_dot_llmlb_dot_v1_dot_router__pb2.RouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FirstToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmlb.v1.Router/FirstToken',
+            grpc__server_dot_llmlb_dot_v1_dot_router__pb2.FirstTokenRequest.SerializeToString,
+            grpc__server_dot_llmlb_dot_v1_dot_router__pb2.FirstTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

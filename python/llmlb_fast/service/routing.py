@@ -103,6 +103,7 @@ class RoutingService:
         session_id: str = "",
         expected_output_tokens: int | None = None,
         model: str | None = None,
+        adapter: str | None = None,
         exclude: Sequence[str] | None = None,
     ) -> Routed:
         """Routes one request and counts it in flight on the chosen node. Raises
@@ -121,6 +122,7 @@ class RoutingService:
                 request_id=request_id,
                 expected_output_tokens=expected_output_tokens,
                 model=model,
+                adapter=adapter,
                 exclude=exclude,
                 policy=canary_policy,
             )
@@ -135,6 +137,11 @@ class RoutingService:
     def count_refusal(self, transport: str, error: Exception) -> None:
         """A request a transport refused before routing it (the proxy's model check)."""
         self.telemetry.count_route_error(transport, route_error_kind(error))
+
+    def first_token(self, request_id: str) -> bool:
+        """The request's first token arrived (its prompt is no longer queued prefill);
+        False when it is not in flight."""
+        return self.router.first_token(request_id)
 
     def complete(
         self,

@@ -242,6 +242,9 @@ class Simulation:
         for event in events:
             if event.kind is EventKind.FINISHED:
                 self._finish(event.request, now, "ok")
+            elif event.kind is EventKind.FIRST_TOKEN:
+                self.router.set_time(now)
+                self.router.first_token(event.request.request_id)
 
     def _on_deadline(self, payload: tuple[int, SimRequest], now: float) -> None:
         node, request = payload

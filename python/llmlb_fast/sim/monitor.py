@@ -50,6 +50,7 @@ class EngineMonitor:
         a node that moves bytes over HTTP knows those)."""
         profile = self.engine.profile
         snap = reading.snapshot
+        counters = self.engine.counters
         total = profile.total_memory_bytes
         return {
             # vLLM pre-allocates its KV pool, so NVML sees a constant footprint.
@@ -63,6 +64,9 @@ class EngineMonitor:
             "num_requests_running": float(snap.running),
             "num_requests_waiting": float(snap.waiting),
             "kv_capacity_tokens": float(profile.kv_capacity_tokens),
+            "prefix_cache_hits_total": float(counters.cached_tokens),
+            "prefix_cache_queries_total": float(counters.prompt_tokens),
+            "num_preemptions_total": float(counters.preemptions),
         }
 
     def sample(self, reading: Reading, time_s: float, node: int) -> NodeSample:

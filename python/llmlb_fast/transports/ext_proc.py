@@ -193,6 +193,8 @@ class Exchange:
 
     def _response_body(self, body: pb.HttpBody) -> pb.ProcessingResponse:
         if self._streaming:
+            if self._meter.first_byte_at is None and self._decision is not None:
+                self._picker.service.first_token(self._decision.request_id)
             self._meter.feed_stream(body.body)
         elif len(self._kept) + len(body.body) <= MAX_KEPT_RESPONSE:
             self._kept += body.body

@@ -57,7 +57,7 @@ class UnknownRequestError(LlmlbError, KeyError):
 
 class EmptyStreamCallError(ValueError):
     def __init__(self) -> None:
-        super().__init__("stream call has neither route nor complete")
+        super().__init__("stream call has no route, first_token or complete")
 
 
 class InvalidOutcomeError(ValueError):
@@ -199,7 +199,13 @@ class RouterServicer(pb_grpc.RouterServicer):
             if request.HasField("expected_output_tokens")
             else None,
             model=request.model or None,
+            adapter=request.adapter or None,
         )
+
+    def first_token(self, request: pb.FirstTokenRequest) -> pb.FirstTokenResponse:
+        if not self.service.first_token(request.request_id):
+            raise UnknownRequestError(request.request_id)
+        return pb.FirstTokenResponse()
 
     def _completion(self, request: pb.CompleteRequest) -> Completion:
         outcome = OUTCOMES.get(request.outcome)
@@ -243,6 +249,8 @@ class RouterServicer(pb_grpc.RouterServicer):
                 set_route_fields(result.route, routed, call.route.include_candidates)
             elif which == "complete":
                 set_complete_fields(result.complete, self._completion(call.complete))
+            elif which == "first_token":
+                result.first_token.CopyFrom(self.first_token(call.first_token))
             else:
                 raise EmptyStreamCallError()
         except REQUEST_ERRORS as error:
@@ -252,6 +260,14 @@ class RouterServicer(pb_grpc.RouterServicer):
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.RouteResponse:
         try:
             return self.route(request)
+        except REQUEST_ERRORS as error:
+            await _abort(context, error)
+
+    async def FirstToken(
+        self, request: pb.FirstTokenRequest, context: Context
+    ) -> pb.FirstTokenResponse:
+        try:
+            return self.first_token(request)
         except REQUEST_ERRORS as error:
             await _abort(context, error)
 

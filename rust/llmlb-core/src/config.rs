@@ -26,8 +26,16 @@ pub struct RouterConfig {
     pub request_ttl_s: f64,
     /// Length of the per-node outcome window (`load_balance_window`).
     pub load_balance_window_s: f64,
-    /// No new requests to a node whose GPU memory (or KV cache) use is at or above this.
+    /// KV-cache (or, without a KV figure, GPU memory) use at or above which a node
+    /// counts as full: it is skipped only while it also cannot admit (its waiting queue
+    /// grows or it preempts), or, reporting no KV figure, on GPU memory alone. See
+    /// `scoring::skip_reason`.
     pub memory_saturation_threshold: f64,
+    /// Output tokens expected of a request that gives no `max_tokens`.
+    pub default_output_tokens: u32,
+    /// Most output tokens a request is expected to produce, whatever its `max_tokens`
+    /// (clients often send the model's whole context length).
+    pub max_output_tokens: u32,
     /// Every policy's parameters, not only `policy`'s: a request may name another.
     pub policies: PolicyParams,
     /// Seed of the `random` policy.
@@ -48,6 +56,8 @@ impl Default for RouterConfig {
             request_ttl_s: 600.0,
             load_balance_window_s: 30.0,
             memory_saturation_threshold: 0.95,
+            default_output_tokens: 256,
+            max_output_tokens: 4096,
             policies: PolicyParams::default(),
             seed: 0,
         }
@@ -84,7 +94,20 @@ impl RouterConfig {
                 "memory_saturation_threshold must be in (0, 1], got {saturation}"
             )));
         }
+        if self.default_output_tokens > self.max_output_tokens {
+            return Err(CoreError::InvalidConfig(format!(
+                "default_output_tokens ({}) exceeds max_output_tokens ({})",
+                self.default_output_tokens, self.max_output_tokens
+            )));
+        }
         self.policies.validate()
+    }
+
+    /// The output estimate of a request: its `max_tokens`, capped, or the default.
+    pub fn expected_output_tokens(&self, requested: Option<u32>) -> u32 {
+        requested
+            .unwrap_or(self.default_output_tokens)
+            .min(self.max_output_tokens)
     }
 }
 

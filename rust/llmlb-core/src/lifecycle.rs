@@ -20,6 +20,9 @@ pub struct InFlight {
     pub started_ns: u64,
     pub policy: PolicyKind,
     pub prompt_tokens: u32,
+    /// Uncached prompt tokens counted in the node's prefill backlog; 0 once released
+    /// (first token, or the end of the request).
+    pub prefill_tokens: u64,
     pub probe: bool,
 }
 
@@ -68,6 +71,17 @@ impl InFlightRegistry {
         }
         shard.insert(id, request);
         Ok(())
+    }
+
+    /// Marks the request's prefill done: returns its node and the prefill tokens to
+    /// release, once (`None` when unknown; 0 tokens on a repeat).
+    pub fn end_prefill(&self, id: &str) -> Option<(Arc<NodeEntry>, u64)> {
+        let mut shard = self.shard(id).lock();
+        let request = shard.get_mut(id)?;
+        Some((
+            request.node.clone(),
+            std::mem::take(&mut request.prefill_tokens),
+        ))
     }
 
     pub fn take(&self, id: &str) -> Option<InFlight> {

@@ -113,6 +113,12 @@ pub struct GpuMetrics {
     pub num_requests_running: Option<f64>,
     pub num_requests_waiting: Option<f64>,
     pub kv_capacity_tokens: Option<f64>,
+    /// The engine's cumulative prefix-cache counters, in tokens (vLLM's
+    /// `prefix_cache_hits_total` / `prefix_cache_queries_total`).
+    pub prefix_cache_hits_total: Option<f64>,
+    pub prefix_cache_queries_total: Option<f64>,
+    /// The engine's cumulative preemptions (vLLM's `num_preemptions_total`).
+    pub num_preemptions_total: Option<f64>,
 }
 
 /// A node's memory use as one report shows it, each a fraction in [0, 1].
@@ -138,6 +144,9 @@ impl MemoryUsage {
     }
 }
 
+/// How many figures a [`GpuMetrics`] report has.
+pub const METRIC_COUNT: usize = 15;
+
 /// Which figures are fractions in [0, 1]; every other one is an amount >= 0.
 const FRACTION_FIELDS: [&str; 3] = [
     "kv_cache_usage",
@@ -148,7 +157,7 @@ const FRACTION_FIELDS: [&str; 3] = [
 impl GpuMetrics {
     /// The figures' names, in the order of [`GpuMetrics::values`]: the one list the
     /// binding's `METRIC_FIELDS` and `update_metrics` keywords come from.
-    pub const FIELDS: [&'static str; 12] = [
+    pub const FIELDS: [&'static str; METRIC_COUNT] = [
         "gpu_memory_used_bytes",
         "gpu_memory_total_bytes",
         "kv_cache_memory_bytes",
@@ -161,9 +170,12 @@ impl GpuMetrics {
         "num_requests_running",
         "num_requests_waiting",
         "kv_capacity_tokens",
+        "prefix_cache_hits_total",
+        "prefix_cache_queries_total",
+        "num_preemptions_total",
     ];
 
-    pub fn values(&self) -> [Option<f64>; 12] {
+    pub fn values(&self) -> [Option<f64>; METRIC_COUNT] {
         [
             self.gpu_memory_used_bytes,
             self.gpu_memory_total_bytes,
@@ -177,12 +189,15 @@ impl GpuMetrics {
             self.num_requests_running,
             self.num_requests_waiting,
             self.kv_capacity_tokens,
+            self.prefix_cache_hits_total,
+            self.prefix_cache_queries_total,
+            self.num_preemptions_total,
         ]
     }
 
     /// The inverse of [`GpuMetrics::values`].
-    pub fn from_values(values: [Option<f64>; 12]) -> Self {
-        let [gpu_memory_used_bytes, gpu_memory_total_bytes, kv_cache_memory_bytes, compute_memory_bytes, kv_cache_usage, sm_utilization, mem_bandwidth_utilization, pcie_tx_bytes_per_s, pcie_rx_bytes_per_s, num_requests_running, num_requests_waiting, kv_capacity_tokens] =
+    pub fn from_values(values: [Option<f64>; METRIC_COUNT]) -> Self {
+        let [gpu_memory_used_bytes, gpu_memory_total_bytes, kv_cache_memory_bytes, compute_memory_bytes, kv_cache_usage, sm_utilization, mem_bandwidth_utilization, pcie_tx_bytes_per_s, pcie_rx_bytes_per_s, num_requests_running, num_requests_waiting, kv_capacity_tokens, prefix_cache_hits_total, prefix_cache_queries_total, num_preemptions_total] =
             values;
         GpuMetrics {
             gpu_memory_used_bytes,
@@ -197,6 +212,9 @@ impl GpuMetrics {
             num_requests_running,
             num_requests_waiting,
             kv_capacity_tokens,
+            prefix_cache_hits_total,
+            prefix_cache_queries_total,
+            num_preemptions_total,
         }
     }
 
@@ -204,7 +222,7 @@ impl GpuMetrics {
     pub fn from_named<'a>(
         pairs: impl IntoIterator<Item = (&'a str, Option<f64>)>,
     ) -> CoreResult<Self> {
-        let mut values = [None; 12];
+        let mut values = [None; METRIC_COUNT];
         for (name, value) in pairs {
             let i = Self::FIELDS
                 .iter()
@@ -257,14 +275,28 @@ impl GpuMetrics {
     }
 }
 
-/// A GPU report with the router-clock time it arrived.
+/// A GPU report with the router-clock time it arrived and what the router concluded
+/// from it against the report before.
 #[derive(Debug, Clone)]
 pub struct TimedMetrics {
     pub received_ns: u64,
     /// This router's in-flight count on the node when the report arrived, so the
     /// engine's (older) queue figures can be moved forward by what routed since.
     pub in_flight_at_report: u32,
+    /// The engine cannot admit new work: its KV cache is full and, since the previous
+    /// report, its waiting queue grew or it preempted running requests.
+    pub cannot_admit: bool,
+    /// This router's prompt and predicted-cached token totals for the node when the
+    /// report arrived, to compare with the engine's prefix-cache counters.
+    pub routed_at_report: PromptTotals,
     pub metrics: GpuMetrics,
+}
+
+/// Prompt tokens this router sent to a node and how many of them it expected cached.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PromptTotals {
+    pub prompt_tokens: u64,
+    pub predicted_cached_tokens: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,7 +344,16 @@ struct HotCounters {
     /// Estimated prefill backlog: tokens (high 28 bits) as of a time in ms (low 36
     /// bits, wrapping after 2.2 years).
     backlog: AtomicU64,
+    /// Uncached prompt tokens of the requests routed here that have not had their
+    /// first token yet: exact, and the bound the drained estimate is kept under.
+    pending_prefill: AtomicU64,
 }
+
+/// Fewest prompt tokens the engine must have looked up between two reports for its
+/// hit counters to say anything about the index.
+const MIN_TRUST_QUERY_TOKENS: f64 = 1024.0;
+/// Weight of the newest interval in the cache-trust average.
+const TRUST_SMOOTHING: f64 = 0.5;
 
 /// Fast-changing state of a node; survives `upsert` of the same id.
 #[derive(Debug)]
@@ -324,12 +365,20 @@ pub struct NodeLive {
     consecutive_failures: AtomicU32,
     /// KV capacity the agent last reported (0: none), which outranks the declared one.
     reported_kv_tokens: AtomicU64,
+    prompt_tokens_total: AtomicU64,
+    predicted_cached_total: AtomicU64,
+    /// Share of the index's predicted cache hits the engine confirms (f64 bits, 1.0
+    /// until its hit counters say otherwise).
+    cache_trust: AtomicU64,
+    /// Tokens per second the backlog drains at: the spec's prefill rate (f64 bits),
+    /// kept here so requests routed before a spec change release at today's rate.
+    drain_rate: AtomicU64,
     metrics: ArcSwapOption<TimedMetrics>,
     pub(crate) window: Mutex<OutcomeWindow>,
 }
 
 impl NodeLive {
-    fn new(window_s: f64) -> Self {
+    fn new(window_s: f64, rate: f64) -> Self {
         NodeLive {
             hot: CachePadded::new(HotCounters::default()),
             routed_total: AtomicU64::new(0),
@@ -337,6 +386,10 @@ impl NodeLive {
             probe_taken: AtomicBool::new(false),
             consecutive_failures: AtomicU32::new(0),
             reported_kv_tokens: AtomicU64::new(0),
+            prompt_tokens_total: AtomicU64::new(0),
+            predicted_cached_total: AtomicU64::new(0),
+            cache_trust: AtomicU64::new(1.0f64.to_bits()),
+            drain_rate: AtomicU64::new(rate.to_bits()),
             metrics: ArcSwapOption::empty(),
             window: Mutex::new(OutcomeWindow::new(window_s)),
         }
@@ -346,16 +399,43 @@ impl NodeLive {
         self.hot.in_flight.load(Ordering::Acquire)
     }
 
-    pub(crate) fn acquire(&self, prefill_tokens: f64, rate: f64, now_ns: u64) {
+    /// Counts a routed request: in flight, and `prefill_tokens` (whole tokens) of
+    /// queued prefill until [`release_prefill`](Self::release_prefill).
+    pub(crate) fn acquire(&self, prefill_tokens: u64, now_ns: u64) {
         self.hot.in_flight.fetch_add(1, Ordering::AcqRel);
         self.routed_total.fetch_add(1, Ordering::Relaxed);
+        self.hot
+            .pending_prefill
+            .fetch_add(prefill_tokens, Ordering::AcqRel);
+        self.update_backlog(now_ns, |current| current + prefill_tokens as f64);
+    }
+
+    /// The request's prefill is over (first token, or it ended): its tokens leave the
+    /// exact pending total, and the drained estimate is cut to that total. A huge
+    /// prompt that fails at once thus frees its node at once instead of draining for
+    /// minutes at the declared rate.
+    pub(crate) fn release_prefill(&self, prefill_tokens: u64, now_ns: u64) {
+        let previous = self
+            .hot
+            .pending_prefill
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(p.saturating_sub(prefill_tokens))
+            })
+            .unwrap_or(0);
+        let pending = previous.saturating_sub(prefill_tokens) as f64;
+        self.update_backlog(now_ns, |current| current.min(pending));
+    }
+
+    /// Sets the backlog to `next(drained backlog)`, as of `now_ns`.
+    fn update_backlog(&self, now_ns: u64, next: impl Fn(f64) -> f64) {
         let now_ms = now_ns / 1_000_000;
+        let rate = self.drain_rate();
         let _ = self
             .hot
             .backlog
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |packed| {
                 let current = drain_backlog(packed, rate, now_ms);
-                let tokens = (current + prefill_tokens).min(MAX_BACKLOG_TOKENS as f64) as u64;
+                let tokens = next(current).clamp(0.0, MAX_BACKLOG_TOKENS as f64) as u64;
                 Some((tokens << TIME_BITS) | (now_ms & TIME_MASK))
             });
     }
@@ -368,13 +448,46 @@ impl NodeLive {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
-    /// Tokens still waiting for prefill, assuming the node drains them at `rate`.
-    pub fn backlog_tokens(&self, rate: f64, now_ns: u64) -> f64 {
+    /// Uncached prompt tokens routed here still waiting for their first token.
+    pub fn pending_prefill_tokens(&self) -> u64 {
+        self.hot.pending_prefill.load(Ordering::Acquire)
+    }
+
+    /// Adds a routed prompt to the totals compared with the engine's hit counters.
+    pub(crate) fn count_prompt(&self, prompt_tokens: u64, predicted_cached: u64) {
+        self.prompt_tokens_total
+            .fetch_add(prompt_tokens, Ordering::Relaxed);
+        self.predicted_cached_total
+            .fetch_add(predicted_cached, Ordering::Relaxed);
+    }
+
+    fn prompt_totals(&self) -> PromptTotals {
+        PromptTotals {
+            prompt_tokens: self.prompt_tokens_total.load(Ordering::Relaxed),
+            predicted_cached_tokens: self.predicted_cached_total.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Share of the index's predicted hits on this node that its engine confirms.
+    pub fn cache_trust(&self) -> f64 {
+        f64::from_bits(self.cache_trust.load(Ordering::Relaxed))
+    }
+
+    /// Tokens still waiting for prefill, assuming the node drains them at its rate.
+    pub fn backlog_tokens(&self, now_ns: u64) -> f64 {
         drain_backlog(
             self.hot.backlog.load(Ordering::Acquire),
-            rate,
+            self.drain_rate(),
             now_ns / 1_000_000,
         )
+    }
+
+    fn drain_rate(&self) -> f64 {
+        f64::from_bits(self.drain_rate.load(Ordering::Relaxed))
+    }
+
+    fn set_drain_rate(&self, rate: f64) {
+        self.drain_rate.store(rate.to_bits(), Ordering::Relaxed);
     }
 
     pub fn routed_total(&self) -> u64 {
@@ -421,16 +534,56 @@ impl NodeLive {
         }
     }
 
-    pub(crate) fn store_metrics(&self, metrics: GpuMetrics, now_ns: u64) {
+    /// Stores a report. Against the previous one it judges whether the engine can
+    /// admit (`full_at`: the KV usage counted as full), updates the cache trust from
+    /// the engine's hit counters, and an idle engine (nothing running or waiting)
+    /// zeroes the drained backlog estimate: whatever the estimate still held was
+    /// already served.
+    pub(crate) fn store_metrics(&self, metrics: GpuMetrics, now_ns: u64, full_at: f64) {
         if let Some(tokens) = metrics.kv_capacity_tokens {
             self.reported_kv_tokens
                 .store(tokens.max(1.0) as u64, Ordering::Release);
         }
+        let previous = self.metrics.load_full();
+        let routed = self.prompt_totals();
+        if let Some(previous) = &previous {
+            self.update_cache_trust(previous, &metrics, routed);
+        }
+        if metrics.num_requests_running == Some(0.0) && metrics.num_requests_waiting == Some(0.0) {
+            self.update_backlog(now_ns, |_| 0.0);
+        }
         self.metrics.store(Some(Arc::new(TimedMetrics {
             received_ns: now_ns,
             in_flight_at_report: self.in_flight(),
+            cannot_admit: cannot_admit(previous.as_deref().map(|p| &p.metrics), &metrics, full_at),
+            routed_at_report: routed,
             metrics,
         })));
+    }
+
+    fn update_cache_trust(&self, previous: &TimedMetrics, now: &GpuMetrics, routed: PromptTotals) {
+        let then = &previous.metrics;
+        let (Some(h0), Some(q0), Some(h1), Some(q1)) = (
+            then.prefix_cache_hits_total,
+            then.prefix_cache_queries_total,
+            now.prefix_cache_hits_total,
+            now.prefix_cache_queries_total,
+        ) else {
+            return;
+        };
+        let (hits, queries) = (h1 - h0, q1 - q0);
+        let before = previous.routed_at_report;
+        let prompts = routed.prompt_tokens.saturating_sub(before.prompt_tokens) as f64;
+        let predicted = routed
+            .predicted_cached_tokens
+            .saturating_sub(before.predicted_cached_tokens) as f64;
+        // Counters going back mean an engine restart; too few queries, noise.
+        if hits < 0.0 || queries < MIN_TRUST_QUERY_TOKENS || prompts <= 0.0 || predicted <= 0.0 {
+            return;
+        }
+        let confirmed = ((hits / queries) / (predicted / prompts)).clamp(0.0, 1.0);
+        let trust = (1.0 - TRUST_SMOOTHING) * self.cache_trust() + TRUST_SMOOTHING * confirmed;
+        self.cache_trust.store(trust.to_bits(), Ordering::Relaxed);
     }
 
     /// Applies `read` to the last report if it is younger than `ttl_ns` (borrowed, so
@@ -453,6 +606,22 @@ impl NodeLive {
     pub fn last_metrics(&self) -> Option<Arc<TimedMetrics>> {
         self.metrics.load_full()
     }
+}
+
+/// Full KV cache and, since the previous report, a longer waiting queue or new
+/// preemptions: the engine is turning work away, whatever this request would need.
+fn cannot_admit(previous: Option<&GpuMetrics>, now: &GpuMetrics, full_at: f64) -> bool {
+    let (Some(previous), Some(usage)) = (previous, now.kv_cache_usage) else {
+        return false;
+    };
+    let grew = |figure: fn(&GpuMetrics) -> Option<f64>| match (figure(previous), figure(now)) {
+        (Some(then), Some(now)) => now > then,
+        _ => false,
+    };
+    let waiting = now.num_requests_waiting.unwrap_or(0.0) > 0.0;
+    usage >= full_at
+        && waiting
+        && (grew(|m| m.num_requests_waiting) || grew(|m| m.num_preemptions_total))
 }
 
 const TIME_BITS: u32 = 36;
@@ -552,6 +721,7 @@ impl NodeTable {
             Some(&i) => {
                 let old = nodes[i].clone();
                 let slot = old.slot;
+                old.live.set_drain_rate(spec.prefill_rate());
                 nodes[i] = Arc::new(NodeEntry {
                     spec,
                     live: old.live.clone(),
@@ -566,9 +736,10 @@ impl NodeTable {
             None => {
                 let slot = free_slot(&nodes).ok_or(CoreError::TableFull(MAX_NODES))?;
                 let incarnation = next_incarnation();
+                let live = Arc::new(NodeLive::new(window_s, spec.prefill_rate()));
                 nodes.push(Arc::new(NodeEntry {
                     spec,
-                    live: Arc::new(NodeLive::new(window_s)),
+                    live,
                     slot,
                     incarnation,
                 }));
@@ -610,6 +781,10 @@ pub struct NodeStatus {
     pub breaker: BreakerState,
     pub consecutive_failures: u32,
     pub backlog_tokens: f64,
+    /// Uncached prompt tokens routed here still waiting for their first token.
+    pub pending_prefill_tokens: u64,
+    /// Share of the index's predicted cache hits the engine's counters confirm.
+    pub cache_trust: f64,
     /// Last report and its age in seconds; `fresh` says whether routing trusts it.
     pub metrics: Option<GpuMetrics>,
     pub metrics_age_s: Option<f64>,
@@ -621,11 +796,13 @@ pub struct NodeStatus {
 mod tests {
     use super::*;
 
+    const RATE: f64 = 500.0;
+
     #[test]
     fn upsert_keeps_live_state_and_slot() {
         let table = NodeTable::default();
         table.upsert(NodeSpec::new("a", "h:1"), 30.0).unwrap();
-        table.get("a").unwrap().live.acquire(0.0, 1.0, 0);
+        table.get("a").unwrap().live.acquire(0, 0);
         let mut spec = NodeSpec::new("a", "h:2");
         spec.peak_tflops = 10.0;
         assert_eq!(
@@ -659,24 +836,111 @@ mod tests {
 
     #[test]
     fn release_never_goes_negative() {
-        let live = NodeLive::new(30.0);
+        let live = NodeLive::new(30.0, RATE);
         live.release();
         assert_eq!(live.in_flight(), 0);
     }
 
     #[test]
     fn backlog_drains_at_the_prefill_rate() {
-        let live = NodeLive::new(30.0);
-        live.acquire(1000.0, 500.0, 0);
-        assert_eq!(live.backlog_tokens(500.0, 0), 1000.0);
-        assert_eq!(live.backlog_tokens(500.0, 1_000_000_000), 500.0);
-        assert_eq!(live.backlog_tokens(500.0, 3_000_000_000), 0.0);
+        let live = NodeLive::new(30.0, RATE);
+        live.acquire(1000, 0);
+        assert_eq!(live.backlog_tokens(0), 1000.0);
+        assert_eq!(live.backlog_tokens(1_000_000_000), 500.0);
+        assert_eq!(live.backlog_tokens(3_000_000_000), 0.0);
+    }
+
+    #[test]
+    fn released_prefill_caps_the_backlog_at_what_is_still_pending() {
+        let live = NodeLive::new(30.0, RATE);
+        live.acquire(1_900_000, 0);
+        live.acquire(1_000, 0);
+        live.release_prefill(1_900_000, 1_000_000_000);
+        assert_eq!(live.pending_prefill_tokens(), 1_000);
+        assert_eq!(live.backlog_tokens(1_000_000_000), 1_000.0);
+        live.release_prefill(1_000, 1_000_000_000);
+        assert_eq!(live.backlog_tokens(1_000_000_000), 0.0);
+    }
+
+    #[test]
+    fn an_idle_engine_report_clears_the_backlog() {
+        let live = NodeLive::new(30.0, RATE);
+        live.acquire(50_000, 0);
+        let idle = GpuMetrics {
+            num_requests_running: Some(0.0),
+            num_requests_waiting: Some(0.0),
+            ..Default::default()
+        };
+        live.store_metrics(idle, 1_000_000_000, 0.95);
+        assert_eq!(live.backlog_tokens(1_000_000_000), 0.0);
+    }
+
+    fn report(usage: f64, waiting: f64, preemptions: f64) -> GpuMetrics {
+        GpuMetrics {
+            kv_cache_usage: Some(usage),
+            num_requests_waiting: Some(waiting),
+            num_preemptions_total: Some(preemptions),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_full_engine_turning_work_away_cannot_admit() {
+        let full_at = 0.95;
+        let judge = |then: GpuMetrics, now: GpuMetrics| cannot_admit(Some(&then), &now, full_at);
+        assert!(
+            judge(report(0.97, 2.0, 0.0), report(0.97, 3.0, 0.0)),
+            "queue grows"
+        );
+        assert!(
+            judge(report(0.97, 3.0, 0.0), report(0.97, 3.0, 1.0)),
+            "preempts"
+        );
+        assert!(
+            !judge(report(0.97, 3.0, 1.0), report(0.97, 2.0, 1.0)),
+            "queue shrinks"
+        );
+        assert!(
+            !judge(report(0.97, 0.0, 0.0), report(0.97, 0.0, 5.0)),
+            "nothing waits"
+        );
+        assert!(
+            !judge(report(0.90, 2.0, 0.0), report(0.90, 9.0, 0.0)),
+            "room left"
+        );
+        assert!(
+            !cannot_admit(None, &report(0.99, 9.0, 9.0), full_at),
+            "one report"
+        );
+    }
+
+    #[test]
+    fn engine_hit_counters_set_the_cache_trust() {
+        let live = NodeLive::new(30.0, RATE);
+        let counters = |hits: f64, queries: f64| GpuMetrics {
+            prefix_cache_hits_total: Some(hits),
+            prefix_cache_queries_total: Some(queries),
+            ..Default::default()
+        };
+        live.store_metrics(counters(0.0, 0.0), 0, 0.95);
+        // The router expected 80% of 10,000 tokens cached; the engine hit 40%.
+        live.count_prompt(10_000, 8_000);
+        live.store_metrics(counters(4_000.0, 10_000.0), 1, 0.95);
+        assert!(
+            (live.cache_trust() - 0.75).abs() < 1e-9,
+            "{}",
+            live.cache_trust()
+        );
+        // An engine restart (counters back to zero) says nothing.
+        live.count_prompt(10_000, 8_000);
+        live.store_metrics(counters(0.0, 0.0), 2, 0.95);
+        assert!((live.cache_trust() - 0.75).abs() < 1e-9);
     }
 
     #[test]
     fn stale_metrics_are_not_fresh() {
-        let live = NodeLive::new(30.0);
-        live.store_metrics(GpuMetrics::default(), 100);
+        let live = NodeLive::new(30.0, RATE);
+        live.store_metrics(GpuMetrics::default(), 100, 0.95);
         assert!(live.has_fresh_metrics(150, 100));
         assert!(!live.has_fresh_metrics(300, 100));
     }
@@ -701,7 +965,7 @@ mod tests {
 
     #[test]
     fn fields_values_and_names_agree() {
-        let values: [Option<f64>; 12] = std::array::from_fn(|i| Some(i as f64 / 100.0));
+        let values: [Option<f64>; METRIC_COUNT] = std::array::from_fn(|i| Some(i as f64 / 100.0));
         let m = GpuMetrics::from_values(values);
         assert_eq!(m.values(), values);
         let named = GpuMetrics::from_named(GpuMetrics::FIELDS.into_iter().zip(values)).unwrap();

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use crate::clock::{secs_to_ns, Clock};
 use crate::config::RouterConfig;
 use crate::error::{check_non_negative, CoreError, CoreResult};
-use crate::hashing::{chain_hash_bytes, chain_hash_tokens};
+use crate::hashing::{chain_hash_bytes, chain_hash_tokens, chain_seed};
 use crate::lifecycle::{Completion, InFlight, InFlightRegistry};
 use crate::node_table::{
     BreakerState, GpuMetrics, NodeEntry, NodeSpec, NodeStatus, NodeTable, Snapshot, Upserted,
@@ -19,8 +19,8 @@ use crate::outcome::Outcome;
 use crate::policy::{Choice, Policies, PolicyKind};
 use crate::prefix_index::{IndexStats, PrefixIndex, PrefixMatch};
 use crate::scoring::{
-    build_candidates, skip_excluded, skip_other_models, Candidate, CandidateRules, RequestFacts,
-    Skip,
+    build_candidates, cached_tokens, skip_excluded, skip_other_models, Candidate, CandidateRules,
+    RequestFacts, Skip,
 };
 use crate::window::WindowSummary;
 
@@ -51,7 +51,10 @@ pub struct RouteRequest<'a> {
     pub request_id: Option<String>,
     pub expected_output_tokens: Option<u32>,
     /// Only nodes serving this model are candidates (nodes that list no model serve any).
+    /// With `adapter`, it also scopes the prefix chain ([`chain_seed`]).
     pub model: Option<&'a str>,
+    /// The LoRA adapter the request names, when a gateway knows it apart from `model`.
+    pub adapter: Option<&'a str>,
     /// Nodes not to use for this request (e.g. those a retry already failed on).
     pub exclude: &'a [&'a str],
     /// Overrides the configured policy for this request (canary).
@@ -65,6 +68,7 @@ impl<'a> RouteRequest<'a> {
             request_id: None,
             expected_output_tokens: None,
             model: None,
+            adapter: None,
             exclude: &[],
             policy: None,
         }
@@ -235,9 +239,13 @@ impl Router {
         metrics.validate()?;
         let node = self.table.get(node_id)?;
         let reports_capacity = metrics.kv_capacity_tokens.is_some();
-        node.live.store_metrics(metrics, self.clock.now_ns());
+        let config = self.config.load();
+        node.live.store_metrics(
+            metrics,
+            self.clock.now_ns(),
+            config.memory_saturation_threshold,
+        );
         if reports_capacity {
-            let config = self.config.load();
             self.index
                 .set_node_budget(node.slot, node_budget(&node, &config));
         }
@@ -288,7 +296,7 @@ impl Router {
             metrics_ttl_ns: secs_to_ns(config.metrics_ttl_s),
             memory_saturation_threshold: config.memory_saturation_threshold,
         };
-        let mut candidates = build_candidates(&snapshot.nodes, &matched, rules, now);
+        let mut candidates = build_candidates(&snapshot.nodes, &matched, &prompt.facts, rules, now);
         if let Some(model) = request.model {
             if !skip_other_models(&mut candidates, model) {
                 return Err(CoreError::UnknownModel(model.to_owned()));
@@ -299,6 +307,9 @@ impl Router {
         let choice = self.choose(policy, &mut candidates, &prompt.facts, &config)?;
         let chosen: &Arc<NodeEntry> = candidates[choice.index].node;
         let matched_blocks = candidates[choice.index].matched_blocks;
+        let prefill_tokens = (prompt.facts.prompt_tokens
+            - cached_tokens(&candidates[choice.index], &prompt.facts, 1.0))
+        .round() as u64;
         let probe = chosen.live.breaker() == BreakerState::HalfOpen;
 
         let request_id = request.request_id.clone().unwrap_or_else(|| {
@@ -307,27 +318,30 @@ impl Router {
                 self.next_request_id.fetch_add(1, Ordering::Relaxed)
             )
         });
-        let cached_tokens =
+        let matched_tokens =
             (matched_blocks as f64 * prompt.facts.tokens_per_block).min(prompt.facts.prompt_tokens);
-        let uncached_tokens = prompt.facts.prompt_tokens - cached_tokens;
         let record = InFlight {
             node: chosen.clone(),
             started_ns: now,
             policy,
             prompt_tokens: prompt.facts.prompt_tokens as u32,
+            prefill_tokens,
             probe,
         };
         // Counted before it is findable, so a completion racing in cannot be lost.
-        chosen
-            .live
-            .acquire(uncached_tokens, chosen.spec.prefill_rate(), now);
+        chosen.live.acquire(prefill_tokens, now);
         if let Err(duplicate) = self.in_flight.insert(request_id.clone(), record) {
             chosen.live.release();
+            chosen.live.release_prefill(prefill_tokens, now);
             if probe {
                 chosen.live.set_breaker(BreakerState::HalfOpen);
             }
             return Err(duplicate);
         }
+        // The index's own prediction, not the trusted share: trust is measured on it.
+        chosen
+            .live
+            .count_prompt(prompt.facts.prompt_tokens as u64, matched_tokens as u64);
         self.index.record_served(matched_blocks);
         self.index.insert_from(
             &prompt.hashes,
@@ -343,7 +357,7 @@ impl Router {
             policy,
             reason: choice.reason,
             matched_blocks,
-            matched_tokens: cached_tokens as u32,
+            matched_tokens: matched_tokens as u32,
             prompt_tokens: prompt.facts.prompt_tokens as u32,
             scored: candidates
                 .iter()
@@ -365,6 +379,9 @@ impl Router {
     ) -> CoreResult<Choice> {
         let mut all_saturated = false;
         if !candidates.iter().any(Candidate::eligible) {
+            if let Some(error) = prompt_too_large_error(candidates, facts) {
+                return Err(error);
+            }
             if !candidates
                 .iter()
                 .any(|c| c.skip == Some(Skip::MemorySaturated))
@@ -395,6 +412,18 @@ impl Router {
             }
             return Ok(choice);
         }
+    }
+
+    /// The request's first token arrived: its prompt no longer counts as queued
+    /// prefill on its node. Returns false when the id is not in flight; repeats are
+    /// no-ops.
+    pub fn first_token(&self, request_id: &str) -> bool {
+        let Some((node, prefill_tokens)) = self.in_flight.end_prefill(request_id) else {
+            return false;
+        };
+        node.live
+            .release_prefill(prefill_tokens, self.clock.now_ns());
+        true
     }
 
     /// Releases a request. Returns `None` when the id is unknown or already released
@@ -491,7 +520,9 @@ impl Router {
                     routed_total: live.routed_total(),
                     breaker: live.breaker(),
                     consecutive_failures: live.consecutive_failures(),
-                    backlog_tokens: live.backlog_tokens(node.spec.prefill_rate(), now),
+                    backlog_tokens: live.backlog_tokens(now),
+                    pending_prefill_tokens: live.pending_prefill_tokens(),
+                    cache_trust: live.cache_trust(),
                     metrics_age_s: last
                         .as_ref()
                         .map(|t| now.saturating_sub(t.received_ns) as f64 / 1e9),
@@ -526,6 +557,7 @@ fn release(
 ) -> Completion {
     let live = &request.node.live;
     live.release();
+    live.release_prefill(request.prefill_tokens, now);
     let consecutive_failures = live.record_outcome(outcome.is_failure());
     live.window
         .lock()
@@ -571,14 +603,15 @@ fn validate_prompt(prompt: &Prompt<'_>, config: &RouterConfig) -> CoreResult<()>
 }
 
 fn hash_prompt(request: &RouteRequest<'_>, config: &RouterConfig) -> HashedPrompt {
+    let seed = chain_seed(request.model, request.adapter);
     let (hashes, prompt_tokens, tokens_per_block) = match request.prompt {
         Prompt::Text(text) => (
-            chain_hash_bytes(text.as_bytes(), config.char_block_size),
+            chain_hash_bytes(text.as_bytes(), config.char_block_size, seed),
             text.len() as f64 / config.chars_per_token,
             config.char_block_size as f64 / config.chars_per_token,
         ),
         Prompt::Tokens(tokens) => (
-            chain_hash_tokens(tokens, config.token_block_size),
+            chain_hash_tokens(tokens, config.token_block_size, seed),
             tokens.len() as f64,
             config.token_block_size as f64,
         ),
@@ -592,8 +625,12 @@ fn hash_prompt(request: &RouteRequest<'_>, config: &RouterConfig) -> HashedPromp
         ),
         Prompt::Empty => (Vec::new(), 0.0, config.token_block_size as f64),
     };
+    let output_tokens = config.expected_output_tokens(request.expected_output_tokens) as f64;
+    // Without max_tokens the default sizes the KV room, but says nothing of the mix.
     let decode_share = match request.expected_output_tokens {
-        Some(out) if prompt_tokens + out as f64 > 0.0 => out as f64 / (prompt_tokens + out as f64),
+        Some(_) if prompt_tokens + output_tokens > 0.0 => {
+            output_tokens / (prompt_tokens + output_tokens)
+        }
         _ => 0.5,
     };
     HashedPrompt {
@@ -601,6 +638,7 @@ fn hash_prompt(request: &RouteRequest<'_>, config: &RouterConfig) -> HashedPromp
         facts: RequestFacts {
             prompt_tokens,
             tokens_per_block,
+            output_tokens,
             decode_share,
         },
     }
@@ -623,6 +661,28 @@ fn scored_candidate(position: usize, c: &Candidate<'_>) -> ScoredCandidate {
         matched_blocks: c.matched_blocks,
         skipped: c.skip.map(Skip::as_str),
     }
+}
+
+/// The error for a prompt no serving node could ever hold, if that is why nothing is
+/// eligible (nodes of other models, or excluded by the caller, do not count).
+fn prompt_too_large_error(candidates: &[Candidate<'_>], facts: &RequestFacts) -> Option<CoreError> {
+    let mut considered = candidates
+        .iter()
+        .filter(|c| !matches!(c.skip, Some(Skip::ModelNotServed | Skip::Excluded)))
+        .peekable();
+    considered.peek()?;
+    let mut largest = 0.0f64;
+    for c in considered {
+        if c.skip != Some(Skip::PromptTooLarge) {
+            return None;
+        }
+        largest = largest.max(c.kv_capacity_tokens.unwrap_or(0.0));
+    }
+    Some(CoreError::InvalidInput(format!(
+        "the prompt of {:.0} tokens is longer than the KV cache of every node serving it \
+         (largest: {largest:.0} tokens)",
+        facts.prompt_tokens
+    )))
 }
 
 fn no_node_error(candidates: &[Candidate<'_>]) -> CoreError {

@@ -22,7 +22,10 @@ pub enum Skip {
     BreakerOpen,
     ProbeInUse,
     AtMaxConcurrency,
+    /// The node cannot admit now (see [`skip_reason`]).
     MemorySaturated,
+    /// The prompt is longer than the node's whole KV cache.
+    PromptTooLarge,
 }
 
 impl Skip {
@@ -34,6 +37,7 @@ impl Skip {
             Skip::ProbeInUse => "half_open_probe_in_use",
             Skip::AtMaxConcurrency => "at_max_concurrency",
             Skip::MemorySaturated => "gpu_memory_saturated",
+            Skip::PromptTooLarge => "prompt_exceeds_kv_capacity",
         }
     }
 }
@@ -43,7 +47,9 @@ impl Skip {
 pub struct RequestFacts {
     pub prompt_tokens: f64,
     pub tokens_per_block: f64,
-    /// Expected share of the work that is decode, in [0, 1] (0.5 when unknown).
+    /// Output tokens expected (`max_tokens`, capped, or the configured default).
+    pub output_tokens: f64,
+    /// Expected share of the work that is decode, in [0, 1] (0.5 without `max_tokens`).
     pub decode_share: f64,
 }
 
@@ -60,6 +66,15 @@ pub struct Candidate<'a> {
     pub memory_pressure: Option<f64>,
     /// Memory use as reported: saturation is judged on what was observed.
     pub reported_memory: MemoryUsage,
+    /// KV-cache use now (the reported figure moved forward by the load routed since);
+    /// `None` when the engine reports no KV figure.
+    pub kv_usage: Option<f64>,
+    /// The node's KV capacity in tokens (reported, else declared).
+    pub kv_capacity_tokens: Option<f64>,
+    /// Share of the index's predicted cache hits the node's engine confirms.
+    pub cache_trust: f64,
+    /// The last fresh report showed the engine turning work away.
+    pub cannot_admit: bool,
     pub sm_utilization: Option<f64>,
     pub bandwidth_utilization: Option<f64>,
     pub pcie_utilization: Option<f64>,
@@ -81,7 +96,7 @@ impl Candidate<'_> {
 pub struct CandidateRules {
     /// Reports older than this are not used.
     pub metrics_ttl_ns: u64,
-    /// Nodes whose reported memory use is at or above this are skipped.
+    /// Memory use counted as full (see [`skip_reason`]).
     pub memory_saturation_threshold: f64,
 }
 
@@ -89,6 +104,7 @@ pub struct CandidateRules {
 pub fn build_candidates<'a>(
     nodes: &'a [Arc<NodeEntry>],
     matched: &PrefixMatch,
+    request: &RequestFacts,
     rules: CandidateRules,
     now_ns: u64,
 ) -> Vec<Candidate<'a>> {
@@ -108,10 +124,14 @@ pub fn build_candidates<'a>(
                 capability: node.spec.peak_tflops / mean_tflops,
                 memory_pressure: None,
                 reported_memory: MemoryUsage::default(),
+                kv_usage: None,
+                kv_capacity_tokens: live.kv_capacity_tokens(&node.spec),
+                cache_trust: live.cache_trust(),
+                cannot_admit: false,
                 sm_utilization: None,
                 bandwidth_utilization: None,
                 pcie_utilization: None,
-                backlog_tokens: live.backlog_tokens(node.spec.prefill_rate(), now_ns),
+                backlog_tokens: live.backlog_tokens(now_ns),
                 prefill_rate: node.spec.prefill_rate(),
                 matched_blocks: depths[node.slot as usize],
                 skip: None,
@@ -120,7 +140,7 @@ pub fn build_candidates<'a>(
             live.read_fresh_metrics(now_ns, rules.metrics_ttl_ns, |m| {
                 apply_metrics(&mut candidate, m)
             });
-            candidate.skip = skip_reason(&candidate, rules.memory_saturation_threshold);
+            candidate.skip = skip_reason(&candidate, request, rules.memory_saturation_threshold);
             candidate
         })
         .collect()
@@ -141,13 +161,10 @@ fn apply_metrics(candidate: &mut Candidate<'_>, timed: &TimedMetrics) {
     let now = |figure: Option<f64>| figure.map(|f| (f * drift).clamp(0.0, 1.0));
     let usage = m.memory_usage(candidate.node.spec.gpu_memory_bytes);
     candidate.reported_memory = usage;
-    let memory = usage.pressure();
+    candidate.cannot_admit = timed.cannot_admit;
     // NVML's used/total does not follow load (engines pre-allocate); KV usage does.
-    candidate.memory_pressure = if usage.kv_cache.is_some() {
-        now(memory)
-    } else {
-        memory
-    };
+    candidate.kv_usage = now(usage.kv_cache);
+    candidate.memory_pressure = candidate.kv_usage.or(usage.gpu_memory);
     candidate.sm_utilization = now(m.sm_utilization);
     candidate.bandwidth_utilization = now(m.mem_bandwidth_utilization);
     candidate.pcie_utilization = match (m.pcie_tx_bytes_per_s, m.pcie_rx_bytes_per_s) {
@@ -170,7 +187,14 @@ fn load_drift(load_now: f64, reported: f64, in_flight_at_report: u32) -> f64 {
     ((load_now + 1.0) / (then + 1.0)).clamp(0.5, 2.0)
 }
 
-fn skip_reason(c: &Candidate<'_>, saturation_threshold: f64) -> Option<Skip> {
+/// Why a node cannot take this request, if it cannot. A full KV cache alone is no
+/// reason: a busy engine keeps its cache nearly full of running requests, and the node
+/// holding this prompt's prefix may need little room (the cost weighs the room, see
+/// [`kv_shortfall_tokens`]). A node is skipped on memory only when it cannot admit at
+/// all: its KV cache is at `full_at` or above and, since its previous report, its
+/// waiting queue grew or it preempted; or, reporting no KV figure (an engine that
+/// allocates as it goes), its GPU memory is at `full_at` or above.
+fn skip_reason(c: &Candidate<'_>, request: &RequestFacts, full_at: f64) -> Option<Skip> {
     match c.node.live.breaker() {
         BreakerState::Open => return Some(Skip::BreakerOpen),
         BreakerState::HalfOpen if !c.node.live.probe_available() => return Some(Skip::ProbeInUse),
@@ -183,10 +207,33 @@ fn skip_reason(c: &Candidate<'_>, saturation_threshold: f64) -> Option<Skip> {
     {
         return Some(Skip::AtMaxConcurrency);
     }
-    if c.reported_memory.is_saturated(saturation_threshold) {
-        return Some(Skip::MemorySaturated);
+    if c.kv_capacity_tokens
+        .is_some_and(|capacity| request.prompt_tokens > capacity)
+    {
+        return Some(Skip::PromptTooLarge);
     }
-    None
+    let memory_full = match c.reported_memory.kv_cache {
+        Some(_) => c.cannot_admit,
+        None => c.reported_memory.is_saturated(full_at),
+    };
+    memory_full.then_some(Skip::MemorySaturated)
+}
+
+/// Prompt tokens this node is expected to have cached: its matched blocks, times the
+/// share of predicted hits its engine confirms, times `credit` (a policy's weight).
+pub fn cached_tokens(c: &Candidate<'_>, request: &RequestFacts, credit: f64) -> f64 {
+    (credit * c.cache_trust * c.matched_blocks as f64 * request.tokens_per_block)
+        .min(request.prompt_tokens)
+}
+
+/// KV tokens this request needs on the node beyond its free room: its uncached prompt
+/// plus its expected output, against `capacity * (1 - usage)`. `None` when the node's
+/// capacity or KV usage is unknown. (Cached blocks no running request holds count as
+/// free in the engine's usage; taking them is not counted against the room.)
+pub fn kv_shortfall_tokens(c: &Candidate<'_>, request: &RequestFacts, cached: f64) -> Option<f64> {
+    let (capacity, usage) = (c.kv_capacity_tokens?, c.kv_usage?);
+    let needed = request.prompt_tokens - cached + request.output_tokens;
+    Some((needed - capacity * (1.0 - usage)).max(0.0))
 }
 
 /// Skips nodes that do not serve `model`; false when no node at all serves it.

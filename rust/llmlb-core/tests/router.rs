@@ -33,6 +33,7 @@ fn route_with_id(router: &Router, prompt: Prompt<'_>, id: &str) -> RouteDecision
             request_id: Some(id.to_owned()),
             expected_output_tokens: None,
             model: None,
+            adapter: None,
             exclude: &[],
             policy: None,
         })
@@ -52,11 +53,11 @@ fn in_flight(router: &Router) -> Vec<(String, u32)> {
 fn hashes_match_python_xxhash() {
     assert_eq!(HASH_SEED, u64::from_be_bytes(*b"\0\0\0llmlb"));
     assert_eq!(
-        chain_hash_bytes(b"aaaabbbbcccc", 4),
+        chain_hash_bytes(b"aaaabbbbcccc", 4, HASH_SEED),
         [0xbba2a2a11430dd31, 0xbf484457b3218b36, 0x6044b1e27e90cf29]
     );
     assert_eq!(
-        chain_hash_tokens(&[1, 258, 3, 4], 2),
+        chain_hash_tokens(&[1, 258, 3, 4], 2, HASH_SEED),
         [0x4b0ba9e75d6693cb, 0x9e21111d67a7b9f6]
     );
 }
@@ -191,26 +192,55 @@ fn prefix_is_matched_and_forgotten_with_its_node() {
     ));
 }
 
-#[test]
-fn saturated_nodes_are_skipped_unless_all_are() {
-    let router = router(&["a", "b"], with_policy("gpu_aware"));
-    let saturated = GpuMetrics {
-        kv_cache_usage: Some(0.99),
+fn kv_report(usage: f64, waiting: f64) -> GpuMetrics {
+    GpuMetrics {
+        kv_cache_usage: Some(usage),
+        num_requests_waiting: Some(waiting),
         ..GpuMetrics::default()
-    };
-    router.update_metrics("a", saturated.clone()).unwrap();
+    }
+}
+
+#[test]
+fn a_full_kv_cache_alone_skips_nothing() {
+    let router = router(&["a", "b"], with_policy("gpu_aware"));
+    router.update_metrics("a", kv_report(0.99, 0.0)).unwrap();
+    router.update_metrics("a", kv_report(0.99, 0.0)).unwrap();
+    let d = route_with_id(&router, Prompt::Empty, "r");
+    assert!(d.candidates().iter().all(|c| c.skipped.is_none()));
+}
+
+#[test]
+fn nodes_that_cannot_admit_are_skipped_unless_all_are() {
+    let router = router(&["a", "b"], with_policy("gpu_aware"));
+    // Full, and its waiting queue grew since the report before.
+    router.update_metrics("a", kv_report(0.99, 1.0)).unwrap();
+    router.update_metrics("a", kv_report(0.99, 4.0)).unwrap();
     for i in 0..3 {
         let d = route_with_id(&router, Prompt::Empty, &format!("r{i}"));
         assert_eq!(&*d.node_id, "b");
     }
-    router.update_metrics("b", saturated).unwrap();
+    router.update_metrics("b", kv_report(0.99, 1.0)).unwrap();
+    router.update_metrics("b", kv_report(0.99, 2.0)).unwrap();
     let d = route_with_id(&router, Prompt::Empty, "both");
-    assert_eq!((&*d.node_id, d.reason), ("a", Reason::AllSaturated));
+    assert_eq!(d.reason, Reason::AllSaturated);
     // Past the metrics TTL the reports are unknown, not trusted.
     router.set_time_s(6.0).unwrap();
     let d = route_with_id(&router, Prompt::Empty, "stale");
     assert_eq!(d.reason, Reason::GpuAware);
     assert!(d.candidates().iter().all(|c| c.skipped.is_none()));
+}
+
+#[test]
+fn without_a_kv_figure_full_gpu_memory_skips() {
+    let router = router(&["a", "b"], with_policy("gpu_aware"));
+    let full = GpuMetrics {
+        gpu_memory_used_bytes: Some(79e9),
+        gpu_memory_total_bytes: Some(80e9),
+        ..GpuMetrics::default()
+    };
+    router.update_metrics("a", full).unwrap();
+    let d = route_with_id(&router, Prompt::Empty, "r");
+    assert_eq!(&*d.node_id, "b");
 }
 
 #[test]
@@ -432,7 +462,7 @@ fn precomputed_block_hashes_route_like_the_token_ids_they_hash() {
     let router = router(&["a", "b", "c"], config);
     let first: Vec<u32> = (0..9).collect();
     let by_tokens = route_with_id(&router, Prompt::Tokens(&first), "t1");
-    let hashes = chain_hash_tokens(&first[..8], 2);
+    let hashes = chain_hash_tokens(&first[..8], 2, HASH_SEED);
     let by_hashes = route_with_id(
         &router,
         Prompt::Hashes {
@@ -452,6 +482,7 @@ fn precomputed_block_hashes_route_like_the_token_ids_they_hash() {
         request_id: Some("bad".into()),
         expected_output_tokens: None,
         model: None,
+        adapter: None,
         exclude: &[],
         policy: None,
     });

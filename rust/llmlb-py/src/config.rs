@@ -49,6 +49,8 @@ impl RouterConfig {
         request_ttl_s = None,
         load_balance_window_s = None,
         memory_saturation_threshold = None,
+        default_output_tokens = None,
+        max_output_tokens = None,
         policies = None,
         seed = None,
         weights = None,
@@ -66,6 +68,8 @@ impl RouterConfig {
         request_ttl_s: Option<f64>,
         load_balance_window_s: Option<f64>,
         memory_saturation_threshold: Option<f64>,
+        default_output_tokens: Option<u32>,
+        max_output_tokens: Option<u32>,
         policies: Option<PolicyTable>,
         seed: Option<u64>,
         weights: Option<BTreeMap<String, f64>>,
@@ -87,6 +91,8 @@ impl RouterConfig {
             &mut inner.memory_saturation_threshold,
             memory_saturation_threshold,
         );
+        given(&mut inner.default_output_tokens, default_output_tokens);
+        given(&mut inner.max_output_tokens, max_output_tokens);
         given(&mut inner.seed, seed);
         let mut table = policies.unwrap_or_default();
         let flat = [balance_abs_threshold, balance_rel_threshold];
@@ -139,6 +145,14 @@ impl RouterConfig {
     #[getter]
     fn memory_saturation_threshold(&self) -> f64 {
         self.inner.memory_saturation_threshold
+    }
+    #[getter]
+    fn default_output_tokens(&self) -> u32 {
+        self.inner.default_output_tokens
+    }
+    #[getter]
+    fn max_output_tokens(&self) -> u32 {
+        self.inner.max_output_tokens
     }
     /// Every registered policy's parameters, in registry and declaration order (an
     /// empty dict for a policy without any).
@@ -199,7 +213,7 @@ impl RouterConfig {
     }
 }
 
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 13] = [
     "policy",
     "token_block_size",
     "char_block_size",
@@ -209,6 +223,8 @@ const FIELDS: [&str; 11] = [
     "request_ttl_s",
     "load_balance_window_s",
     "memory_saturation_threshold",
+    "default_output_tokens",
+    "max_output_tokens",
     "policies",
     "seed",
 ];

@@ -18,7 +18,7 @@ mod _core {
     #[pymodule_export]
     use super::decision::{CandidateScore, Completion, RouteDecision};
     #[pymodule_export]
-    use super::hashing::hash_token_blocks;
+    use super::hashing::{chain_seed, hash_token_blocks};
     #[pymodule_export]
     use super::node::{memory_usage, Node, NodeStatus};
     #[pymodule_export]

@@ -155,6 +155,14 @@ impl NodeStatus {
         self.status.backlog_tokens
     }
     #[getter]
+    fn pending_prefill_tokens(&self) -> u64 {
+        self.status.pending_prefill_tokens
+    }
+    #[getter]
+    fn cache_trust(&self) -> f64 {
+        self.status.cache_trust
+    }
+    #[getter]
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         self.status
             .metrics

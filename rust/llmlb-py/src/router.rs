@@ -89,6 +89,9 @@ impl Router {
         num_requests_running = None,
         num_requests_waiting = None,
         kv_capacity_tokens = None,
+        prefix_cache_hits_total = None,
+        prefix_cache_queries_total = None,
+        num_preemptions_total = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn update_metrics(
@@ -107,6 +110,9 @@ impl Router {
         num_requests_running: Option<f64>,
         num_requests_waiting: Option<f64>,
         kv_capacity_tokens: Option<f64>,
+        prefix_cache_hits_total: Option<f64>,
+        prefix_cache_queries_total: Option<f64>,
+        num_preemptions_total: Option<f64>,
     ) -> PyResult<()> {
         // In `GpuMetrics::FIELDS` order; tests/test_core_metrics.py checks the keywords.
         let metrics = core::GpuMetrics::from_values([
@@ -122,6 +128,9 @@ impl Router {
             num_requests_running,
             num_requests_waiting,
             kv_capacity_tokens,
+            prefix_cache_hits_total,
+            prefix_cache_queries_total,
+            num_preemptions_total,
         ]);
         py.detach(|| self.inner.update_metrics(node_id, metrics))
             .py_err()
@@ -148,6 +157,7 @@ impl Router {
         request_id = None,
         expected_output_tokens = None,
         model = None,
+        adapter = None,
         exclude = None,
         policy = None,
     ))]
@@ -162,6 +172,7 @@ impl Router {
         request_id: Option<String>,
         expected_output_tokens: Option<u32>,
         model: Option<&str>,
+        adapter: Option<&str>,
         exclude: Option<Vec<String>>,
         policy: Option<&str>,
     ) -> PyResult<RouteDecision> {
@@ -201,11 +212,18 @@ impl Router {
             request_id,
             expected_output_tokens,
             model,
+            adapter,
             exclude: &exclude,
             policy,
         };
         let decision = py.detach(|| self.inner.route(&request)).py_err()?;
         Ok(RouteDecision { inner: decision })
+    }
+
+    /// The request's first token arrived: its prompt stops counting as queued prefill
+    /// on its node. False when the id is not in flight; repeats are no-ops.
+    fn first_token(&self, request_id: &str) -> bool {
+        self.inner.first_token(request_id)
     }
 
     /// Releases a request once. Returns None when the id is unknown or was already

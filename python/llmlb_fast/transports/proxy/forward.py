@@ -96,6 +96,8 @@ class Forwarder:
                 # Client gone (handler cancelled) or a bug: release the slot, then propagate.
                 self._complete(decision, "ok")
                 raise
+            # A streamed response's first bytes carry its first token.
+            self._service.first_token(decision.request_id)
             return await self._relay(request, decision, response, first, sent_at)
 
     def _route(self, key: RoutingKey, session_id: str, failed: set[str]) -> RouteDecision:

@@ -1,6 +1,7 @@
 //! `prefix_aware` (R2): among the nodes holding the longest matched prefix, the least
 //! loaded — unless that would overload it against the least loaded node overall, or
-//! nothing matched, in which case `least_request` decides.
+//! nothing matched, in which case `least_request` decides. Loads are compared per unit
+//! of capability, so in a mixed cluster a small node counts as busy sooner.
 //!
 //! A prefix that every request shares (one global system prompt) cannot pull the load
 //! onto one node: once its holder is `balance_abs_threshold` requests and
@@ -52,7 +53,8 @@ impl Policy for PrefixAware {
                 score_order(a.score.unwrap_or(f64::NAN), b.score.unwrap_or(f64::NAN))
             })
             .map(|(i, _)| i)?;
-        let (holder_load, idlest_load) = (candidates[holder].load, candidates[overall].load);
+        let per_capability = |i: usize| candidates[i].load / candidates[i].capability;
+        let (holder_load, idlest_load) = (per_capability(holder), per_capability(overall));
         let imbalanced = holder_load - idlest_load > params.get(BALANCE_ABS)
             && holder_load > params.get(BALANCE_REL) * idlest_load;
         Some(if imbalanced {
