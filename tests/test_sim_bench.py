@@ -13,6 +13,7 @@ from llmlb_fast import RouterConfig
 from llmlb_fast.bench import parse_router_options
 from llmlb_fast.cli import main
 from llmlb_fast.sim.report import format_table
+from llmlb_fast.sim.sweep import LoadSweep, scale_load
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -102,3 +103,122 @@ def test_table_shows_change_against_round_robin() -> None:
     assert "| throughput (QPS) | 10.00 | 13.60 (+36.0%) |" in table
     assert "| timeout rate | 4.00% | 1.00% (-75.0%) |" in table
     assert "| KV-cache hit rate | n/a | n/a |" in table
+
+
+def test_help_lists_the_sweep_and_engine_mode_options() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "llmlb_fast.cli", "bench", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for option in ("--load-sweep", "--engine-modes", "--engine-mode", "chunked,whole"):
+        assert option in result.stdout
+
+
+def test_engine_mode_flag_sets_every_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "bench",
+            "--engine-mode=whole",
+            "--cluster=h100x4:1,a100x4:1",
+            "--policies=round_robin",
+            "--sessions=2",
+            "--streams=2",
+            "--duration=60",
+            "--warmup=0",
+            "--no-progress",
+            "--no-plots",
+            f"--out={tmp_path}",
+        ]
+    )
+    assert code == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [n["engine_mode"] for n in data["cluster"]] == ["whole", "whole"]
+
+
+def test_load_sweep_writes_table_json_and_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "bench",
+            "--load-sweep=1.0,1.5",
+            "--engine-modes=chunked,whole",
+            "--cluster=h100x4:2",
+            "--policies=round_robin,llmlb",
+            "--sessions=2",
+            "--streams=4",
+            "--duration=90",
+            "--warmup=10",
+            "--jobs=1",
+            "--no-progress",
+            f"--out={tmp_path}",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "### chat, engine mode whole" in out
+    assert "| 1.5x (3 sessions) | llmlb |" in out, "2 sessions x 1.5, rounded"
+    assert "llmlb TTFT p95 at 1.5x / at 1x:" in out
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    assert data["engine_modes"] == ["chunked", "whole"]
+    assert data["loads"] == {"1": "2 sessions", "1.5": "3 sessions"}
+    for mode in ("chunked", "whole"):
+        for factor in ("1", "1.5"):
+            assert set(data["results"][mode][factor]) == {"round_robin", "llmlb"}
+        assert set(data["verdict"][mode]) >= {"lowest_p95_everywhere", "p95_ratio"}
+    table = (tmp_path / "sweep.md").read_text()
+    assert table.startswith("Command: `llmlb bench") and "| TTFT p95 (ms) |" in table
+    assert (tmp_path / "sweep_ttft_p95.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_load_multiples_scale_what_sets_each_workloads_load() -> None:
+    chat = {"workload": "chat", "rate": None, "sessions": 56, "concurrency": None}
+    assert scale_load(chat, 1.375)["sessions"] == 77
+    assert scale_load({**chat, "rate": 2.0}, 1.5)["rate"] == 3.0
+    trace = {"workload": "trace", "rate": None, "speedup": 2.0, "concurrency": None}
+    assert scale_load(trace, 1.25)["speedup"] == 2.5
+    assert scale_load({**trace, "concurrency": 8}, 1.5)["concurrency"] == 12
+    uniform = {"workload": "uniform", "rate": None, "concurrency": None}
+    assert scale_load({**uniform, "sessions": 4, "streams": 5}, 0.5)["concurrency"] == 10
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--load-sweep=0,1"], "must be > 0"),
+        (["--load-sweep=1,x"], "expected numbers"),
+        (["--load-sweep=1", "--engine-modes=eager"], "known modes are chunked, whole"),
+        (["--engine-modes=whole"], "goes with --load-sweep"),
+    ],
+)
+def test_bad_sweep_arguments_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--no-progress", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sweep_verdict_names_where_llmlb_is_not_lowest() -> None:
+    def row(p95: float) -> dict[str, float]:
+        return {"ttft_p95_ms": p95, "ttft_p50_ms": p95 / 2, "timeout_rate": 0.0, "kv_hit_rate": 0.5}
+
+    p95 = {1.0: {"round_robin": 300.0, "llmlb": 100.0}, 1.5: {"round_robin": 250.0, "llmlb": 260.0}}
+    sweep = LoadSweep(
+        workload="chat",
+        policies=["round_robin", "llmlb"],
+        factors=[1.0, 1.5],
+        modes=["chunked"],
+        loads={1.0: "8 sessions", 1.5: "12 sessions"},
+        summaries={"chunked": {f: {p: row(v) for p, v in by.items()} for f, by in p95.items()}},
+    )
+    verdict = sweep.verdict("chunked")
+    assert verdict["lowest_p95_everywhere"] is False
+    assert [m["factor"] for m in verdict["not_lowest_at"]] == [1.5]
+    assert verdict["p95_ratio"] == pytest.approx(2.6)
+    lines = sweep.verdict_lines("chunked")
+    assert "no (1.5x: round_robin 250.0 ms against 260.0 ms)" in lines[0]
+    assert "2.60 (not met, target <= 2)" in lines[1]

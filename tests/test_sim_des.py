@@ -67,10 +67,10 @@ def test_router_cache_predictions_are_checked_against_the_engine() -> None:
 
 
 def test_timeouts_are_counted_and_released() -> None:
-    # One A100 node prefills ~4k tokens/s; 2.5 prompts/s of 2,000 tokens outgrow it, so the
+    # One A100 node prefills ~5.7k tokens/s; 4 prompts/s of 2,000 tokens outgrow it, so the
     # queue grows past the 3 s deadline and later requests time out.
     workload = Uniform(
-        input_tokens=2000, output_tokens=1, concurrency=None, rate_per_s=2.5, duration_s=60
+        input_tokens=2000, output_tokens=1, concurrency=None, rate_per_s=4.0, duration_s=60
     )
     sim = Simulation(workload, [A100], policy="round_robin", duration_s=60, timeout_s=3.0)
     result = sim.run()

@@ -51,8 +51,8 @@ def test_h100_capacity_and_rates_by_hand() -> None:
     assert H100.kv_capacity_tokens == 399_168
     # 4 * 989 TFLOPS * 0.45 MFU / (2 * 70.6e9 FLOPs per token).
     assert H100.prefill_tokens_per_s == pytest.approx(4 * 989e12 * 0.45 / 141.2e9)
-    # Batch 1: 4 ms + 141.2 GB / (4 * 3.35 TB/s * 0.75) + 1 * 141.2e9 / (3956e12 * 0.5).
-    expected = 0.004 + 141.2e9 / (4 * 3.35e12 * 0.75) + 141.2e9 / (4 * 989e12 * 0.5)
+    # Batch 1: 5 ms + 141.2 GB / (4 * 3.35 TB/s * 0.75) + 1 * 141.2e9 / (3956e12 * 0.3).
+    expected = 0.005 + 141.2e9 / (4 * 3.35e12 * 0.75) + 141.2e9 / (4 * 989e12 * 0.3)
     assert H100.decode_step_s(1, 0) == pytest.approx(expected)
 
 
@@ -63,7 +63,7 @@ def test_cached_prefix_prefills_cheaper_by_hand() -> None:
     run_until_idle(engine)
     # One step: overhead + (2 * 70.6e9 * 1000 + 4 * 80 * 8192 * 1000^2 / 2) FLOPs at 45% MFU.
     flops = 2 * 70.6e9 * 1000 + 4 * 80 * 8192 * 1000**2 / 2
-    assert first.ttft_s == pytest.approx(0.004 + flops / (4 * 989e12 * 0.45))
+    assert first.ttft_s == pytest.approx(0.005 + flops / (4 * 989e12 * 0.45))
     assert first.cached_tokens == 0
 
     start = first.finish_s
@@ -74,7 +74,7 @@ def test_cached_prefix_prefills_cheaper_by_hand() -> None:
     # 62 blocks hit (992 tokens); 8 tokens are computed after a 992-token context.
     assert second.cached_tokens == 992
     flops = 2 * 70.6e9 * 8 + 4 * 80 * 8192 * (8 * 992 + 8**2 / 2)
-    assert second.ttft_s == pytest.approx(0.004 + flops / (4 * 989e12 * 0.45))
+    assert second.ttft_s == pytest.approx(0.005 + flops / (4 * 989e12 * 0.45))
     assert second.ttft_s < first.ttft_s / 10
     assert engine.counters.cached_tokens == 992
     assert engine.counters.prompt_tokens == 2000
@@ -288,3 +288,87 @@ def test_monitor_reports_the_cores_metric_fields_and_idle_is_zero() -> None:
     assert (reading.sm_utilization, reading.mem_bandwidth_utilization) == (0.0, 0.0)
     assert figures["num_requests_running"] == 0.0
     assert monitor.sample(reading, 1.0, 0).kv_usage == figures["kv_cache_usage"]
+
+
+# Engine modes ----------------------------------------------------------------------
+WHOLE = replace(H100, engine_mode="whole")
+
+
+@pytest.mark.parametrize("profile", [H100, WHOLE], ids=["chunked", "whole"])
+def test_lone_prompt_ttft_is_its_prefill_time_in_both_modes(profile: HardwareProfile) -> None:
+    engine = Engine(profile)
+    request = SimRequest("a", 1000, 2, keys("a", 62))
+    engine.submit(request, 0.0)
+    run_until_idle(engine)
+    assert request.ttft_s == pytest.approx(
+        profile.step_overhead_s + profile.prefill_time_s(1000, 0)
+    )
+
+
+def tokens_while_prefilling(profile: HardwareProfile) -> int:
+    """Tokens a running sequence generates while a 20,000-token prompt is prefilled."""
+    engine = Engine(profile)
+    running = SimRequest("running", 160, 5000, keys("r", 10))
+    engine.submit(running, 0.0)
+    engine.advance(engine.next_time())  # type: ignore[arg-type]
+    long = SimRequest("long", 20_000, 2, keys("l", 1250), arrival_s=1.0)
+    engine.submit(long, 1.0)
+    boundary = engine.next_time()
+    assert boundary is not None
+    engine.advance(boundary)  # the decode step in progress at the arrival ends
+    before = engine.generated_tokens(running, boundary)
+    while long.first_token_s is None:
+        engine.advance(engine.next_time())  # type: ignore[arg-type]
+    return engine.generated_tokens(running, long.first_token_s) - before
+
+
+def test_long_prompt_stalls_decoding_in_whole_mode_only() -> None:
+    # Chunked: three steps of at most 8,191 prompt tokens, each decodes the running
+    # sequence once. Whole: one prefill step, no decoding.
+    assert tokens_while_prefilling(H100) == 3
+    assert tokens_while_prefilling(WHOLE) == 0
+
+
+def test_whole_mode_prefills_whole_prompts_up_to_the_token_budget() -> None:
+    engine = Engine(WHOLE)
+    engine.submit(SimRequest("busy", 16, 1, keys("b", 1)), 0.0)  # the others queue behind it
+    start = engine.next_time()
+    assert start is not None
+    sizes = (3000, 4000, 5000)
+    requests = [SimRequest(f"r{i}", n, 1, keys(f"p{i}", n // 16)) for i, n in enumerate(sizes)]
+    for r in requests:
+        engine.submit(r, 0.0)
+    run_until_idle(engine)
+    first = start + WHOLE.step_overhead_s + WHOLE.prefill_time_s(3000, 0)
+    first += WHOLE.prefill_time_s(4000, 0)
+    # 3,000 + 4,000 fit in 8,192 tokens; the 5,000-token prompt waits for the next step.
+    assert requests[0].first_token_s == requests[1].first_token_s == pytest.approx(first)
+    second = first + WHOLE.step_overhead_s + WHOLE.prefill_time_s(5000, 0)
+    assert requests[2].first_token_s == pytest.approx(second)
+
+
+def test_whole_mode_prefills_a_prompt_longer_than_the_budget_in_one_step() -> None:
+    engine = Engine(WHOLE)
+    request = SimRequest("long", 20_000, 1, keys("l", 1250))
+    engine.submit(request, 0.0)
+    run_until_idle(engine)
+    assert request.ttft_s == pytest.approx(WHOLE.step_overhead_s + WHOLE.prefill_time_s(20_000, 0))
+    chunked = Engine(H100)
+    again = SimRequest("long", 20_000, 1, keys("l", 1250))
+    chunked.submit(again, 0.0)
+    run_until_idle(chunked)
+    assert again.ttft_s is not None and again.ttft_s > request.ttft_s  # type: ignore[operator]
+
+
+def test_unknown_engine_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="engine_mode must be one of chunked, whole"):
+        replace(H100, engine_mode="eager")
+
+
+def test_profiles_file_sets_the_engine_mode(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "profiles.yaml"
+    path.write_text("h100v0:\n  base: h100x4\n  engine_mode: whole\n")
+    assert load_profiles(path)["h100v0"].engine_mode == "whole"
+    assert H100.engine_mode == "chunked", "the built-in profiles chunk"

@@ -17,15 +17,22 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
 from llmlb_fast import POLICIES, RouterConfig
 from llmlb_fast.sim import live_benchmark
 from llmlb_fast.sim.des import RunResult, Simulation, summarize
-from llmlb_fast.sim.profiles import PROFILES, HardwareProfile, load_profiles, parse_cluster
+from llmlb_fast.sim.profiles import (
+    ENGINE_MODES,
+    PROFILES,
+    HardwareProfile,
+    load_profiles,
+    parse_cluster,
+)
 from llmlb_fast.sim.report import format_table, write_outputs
+from llmlb_fast.sim.sweep import LoadSweep, describe_load, parse_factors, parse_modes, scale_load
 from llmlb_fast.sim.workloads import ChatSessions, TraceReplay, Uniform, Workload, read_trace
 
 HELP = "Compare routing policies on a simulated GPU cluster (the article's benchmark table)."
@@ -53,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--profiles", metavar="FILE", help="JSON/YAML file declaring more profiles")
     g.add_argument(
+        "--engine-mode",
+        choices=ENGINE_MODES,
+        help="prefill scheduling of every node: chunked (vLLM v1, prompt chunks share steps "
+        "with decoding) or whole (vLLM v0, whole-prompt steps stall decoding); default: "
+        "the profiles' (chunked for the built-in ones)",
+    )
+    g.add_argument(
         "--router-option",
         action="append",
         default=[],
@@ -73,6 +87,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--out", metavar="DIR", help="write table.md, results.json and PNG plots")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = parser.add_argument_group("load sweep")
+    g.add_argument(
+        "--load-sweep",
+        metavar="MULTIPLES",
+        help="run every policy at each multiple of the load, e.g. 0.8,1.0,1.25,1.375,1.5: "
+        "chat --sessions (rounded) or --rate, trace --speedup (or --concurrency), uniform "
+        "--rate or its concurrency; writes sweep.md, sweep.json, sweep_ttft_p95.png to --out",
+    )
+    g.add_argument(
+        "--engine-modes",
+        metavar="MODES",
+        help="with --load-sweep: the engine modes to sweep, e.g. chunked,whole "
+        "(default: --engine-mode, else the profiles')",
+    )
     g = parser.add_argument_group("chat workload")
     # 56 sessions x 20 streams on the default 8 nodes is the load at which round robin
     # times out 2.4% of requests in 2 hours, the nearest to the article's 3.2% (57: 6.3%).
@@ -217,19 +245,93 @@ def _run_policy_job(spec: BenchSpec, policy: str) -> tuple[RunResult, float]:
 def run_all(spec: BenchSpec, policies: Sequence[str], jobs: int, progress: bool) -> list[RunResult]:
     if jobs <= 1 or len(policies) == 1:
         return [run_policy(spec, p, show_progress=progress)[0] for p in policies]
-    results: dict[str, RunResult] = {}
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = {p: pool.submit(_run_policy_job, spec, p) for p in policies}
-        if progress:
-            from tqdm import tqdm
+    return run_jobs([(spec, p) for p in policies], jobs, progress, desc="policies")
 
-            with tqdm(total=len(policies), desc="policies", unit="run") as bar:
-                for p, future in futures.items():
-                    results[p] = future.result()[0]
-                    bar.update(1)
-        else:
-            results = {p: f.result()[0] for p, f in futures.items()}
-    return [results[p] for p in policies]
+
+def run_jobs(
+    runs: Sequence[tuple[BenchSpec, str]], jobs: int, progress: bool, desc: str = "runs"
+) -> list[RunResult]:
+    """Every (spec, policy) run, ``jobs`` at a time, with a progress bar over the runs."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(runs), desc=desc, unit="run", disable=not progress) as bar:
+        if jobs <= 1:
+            results = []
+            for spec, policy in runs:
+                results.append(run_policy(spec, policy)[0])
+                bar.update(1)
+            return results
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(_run_policy_job, spec, policy) for spec, policy in runs]
+            results = []
+            for future in futures:
+                results.append(future.result()[0])
+                bar.update(1)
+            return results
+
+
+def _summary(result: RunResult) -> dict[str, float]:
+    return {**summarize(result), "wall_s": round(result.wall_s, 2)}
+
+
+def run_settings(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: args[k] for k in ("duration", "warmup", "timeout", "monitor_interval", "seed")}
+
+
+def with_engine_mode(
+    cluster: tuple[HardwareProfile, ...], mode: str | None
+) -> tuple[HardwareProfile, ...]:
+    return cluster if mode is None else tuple(replace(p, engine_mode=mode) for p in cluster)
+
+
+def run_sweep(
+    spec: BenchSpec,
+    policies: Sequence[str],
+    factors: Sequence[float],
+    modes: Sequence[str | None],
+    command: str,
+) -> int:
+    """Every policy at every load multiple and engine mode (``--load-sweep``); a mode of
+    None keeps the profiles' own."""
+    args = spec.args
+    points = [(mode, f) for mode in modes for f in factors]
+    specs = {
+        point: BenchSpec(
+            scale_load(args, point[1]),
+            with_engine_mode(spec.cluster, point[0]),
+            spec.router_options,
+        )
+        for point in points
+    }
+    for point_spec in specs.values():
+        build_workload(point_spec.args)  # bad settings fail here, not in a worker
+    runs = [(specs[point], p) for point in points for p in policies]
+    started = time.perf_counter()
+    results = iter(run_jobs(runs, args["jobs"], progress=not args["no_progress"]))
+    label = {m: m or "/".join(sorted({p.engine_mode for p in spec.cluster})) for m in modes}
+    summaries: dict[str, dict[float, dict[str, dict[str, float]]]] = {}
+    for mode, f in points:
+        summaries.setdefault(label[mode], {})[f] = {p: _summary(next(results)) for p in policies}
+    sweep = LoadSweep(
+        workload=str(build_workload(args).describe()["name"]),
+        policies=list(policies),
+        factors=list(factors),
+        modes=[label[m] for m in modes],
+        loads={f: describe_load(specs[(modes[0], f)].args) for f in factors},
+        summaries=summaries,
+    )
+    print(sweep.markdown())
+    print(f"{len(runs)} runs in {time.perf_counter() - started:.1f} s wall time")
+    if args["out"]:
+        meta = {
+            "command": command,
+            "cluster": [p.describe() for p in spec.cluster],
+            "router_options": spec.router_options,
+            "settings": run_settings(args),
+        }
+        for path in sweep.write(Path(args["out"]), meta, plots=not args["no_plots"]):
+            print(f"wrote {path}")
+    return 0
 
 
 def des_defaults() -> dict[str, Any]:
@@ -248,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
         if args.profiles:
             profiles.update(load_profiles(args.profiles))
         cluster = tuple(profiles[name] for name in parse_cluster(args.cluster, profiles))
+        cluster = with_engine_mode(cluster, args.engine_mode)
         policies = [p.strip() for p in args.policies.split(",") if p.strip()]
         unknown = [p for p in policies if p not in POLICIES]
         if unknown or not policies:
@@ -259,9 +362,18 @@ def run(args: argparse.Namespace) -> int:
         spec = BenchSpec(vars(args).copy(), cluster, router_options)
         spec.args.pop("run", None)
         build_workload(spec.args)  # bad workload settings fail here, not in a worker
+        if args.load_sweep:
+            factors = parse_factors(args.load_sweep)
+            modes = parse_modes(args.engine_modes) if args.engine_modes else [args.engine_mode]
+            if args.live:
+                raise ValueError("--load-sweep runs the DES (no --live)")
+        elif args.engine_modes:
+            raise ValueError("--engine-modes goes with --load-sweep (else --engine-mode)")
     except (ValueError, OSError) as e:
         print(f"llmlb bench: {e}", file=sys.stderr)
         return 2
+    if args.load_sweep:
+        return run_sweep(spec, policies, factors, modes, command)
     if args.live:
         return live_benchmark.run_live(args, cluster, policies, command)
     started = time.perf_counter()
@@ -274,9 +386,7 @@ def run(args: argparse.Namespace) -> int:
         "workload": build_workload(spec.args).describe(),
         "cluster": [p.describe() for p in cluster],
         "router_options": router_options,
-        "settings": {
-            k: spec.args[k] for k in ("duration", "warmup", "timeout", "monitor_interval", "seed")
-        },
+        "settings": run_settings(spec.args),
     }
     print(table)
     print(f"\n{len(results)} runs in {time.perf_counter() - started:.1f} s wall time")

@@ -2,9 +2,17 @@
 
 What it models:
 
-- **Continuous batching with chunked prefill** (vLLM v1): each step decodes one token
-  for every running sequence and prefills up to ``max_num_batched_tokens`` of waiting
-  prompts; its time is the decode step time plus the prefill chunk's compute time.
+- **Continuous batching**, in one of two modes (``HardwareProfile.engine_mode``):
+
+  - ``chunked`` (vLLM v1): each step decodes one token for every running sequence and
+    prefills up to ``max_num_batched_tokens`` of waiting prompts, splitting a prompt
+    across steps; its time is the decode step time plus the prefill chunk's compute
+    time.
+  - ``whole`` (vLLM v0 without chunked prefill): a step either prefills whole waiting
+    prompts, up to ``max_num_batched_tokens`` (and at least one prompt, however long),
+    or decodes; a prefill step takes the step overhead plus its compute time, and the
+    running sequences wait through it.
+
   Steps with no prefill work are taken in bulk ("decode runs") up to the next event,
   with their total time summed in closed form, so a simulation costs per request,
   not per token.
@@ -174,6 +182,8 @@ class Engine:
         self._phase_end = 0.0
         self._run_steps = 0
         self._step_chunks: list[tuple[SimRequest, int]] = []
+        self._step_decodes = False  # the current step also decodes the running sequences
+        self._chunked = profile.engine_mode == "chunked"
         self._now = 0.0
 
     # Queries ----------------------------------------------------------------------
@@ -298,18 +308,16 @@ class Engine:
 
     def _start_step(self, now: float) -> None:
         p = self.profile
-        budget = max(p.max_num_batched_tokens - len(self.running), 1)
-        chunks: list[tuple[SimRequest, int]] = []
+        if self._chunked:
+            chunks = self._prefill_chunks(max(p.max_num_batched_tokens - len(self.running), 1))
+        else:
+            chunks = self._whole_prompts(p.max_num_batched_tokens)
         prefill_s = 0.0
-        for request in self.prefilling:
-            if budget <= 0:
-                break
-            n = min(request._to_prefill, budget)
+        for request, n in chunks:
             context = request.prompt_tokens + request.generated - request._to_prefill
             prefill_s += p.prefill_time_s(n, context)
-            chunks.append((request, n))
-            budget -= n
-        if self.running:
+        self._step_decodes = self._chunked and bool(self.running)
+        if self._step_decodes:
             step_s = p.decode_step_s(len(self.running), self._context_tokens)
         else:
             step_s = p.step_overhead_s
@@ -318,6 +326,28 @@ class Engine:
         self._phase_start = now
         self._phase_end = now + step_s + prefill_s
         self.counters.prefill_s += prefill_s
+
+    def _prefill_chunks(self, budget: int) -> list[tuple[SimRequest, int]]:
+        """Chunked mode: prompt tokens first come first served, the last one split."""
+        chunks: list[tuple[SimRequest, int]] = []
+        for request in self.prefilling:
+            if budget <= 0:
+                break
+            n = min(request._to_prefill, budget)
+            chunks.append((request, n))
+            budget -= n
+        return chunks
+
+    def _whole_prompts(self, budget: int) -> list[tuple[SimRequest, int]]:
+        """Whole mode: whole prompts first come first served, at least one."""
+        chunks: list[tuple[SimRequest, int]] = []
+        for request in self.prefilling:
+            n = request._to_prefill
+            if chunks and n > budget:
+                break
+            chunks.append((request, n))
+            budget -= n
+        return chunks
 
     def _start_decode_run(self, now: float) -> None:
         batch = len(self.running)
@@ -386,7 +416,8 @@ class Engine:
                 steps * self._context_tokens + batch * steps * (steps - 1) / 2
             )
         if self._phase is _Phase.STEP:
-            return p.model.weight_bytes + kv_bytes * self._context_tokens
+            decoded = self._context_tokens if self._step_decodes else 0
+            return p.model.weight_bytes + kv_bytes * decoded
         return 0.0
 
     def activity(self, now: float) -> tuple[float, float]:
@@ -407,7 +438,7 @@ class Engine:
         if self._phase is _Phase.DECODE_RUN:
             self._decode(self._run_steps)
         else:
-            if self.running:
+            if self._step_decodes:
                 self._decode(1)
             self._prefill(self._step_chunks, end, events)
             self._step_chunks = []

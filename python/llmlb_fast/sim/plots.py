@@ -61,3 +61,24 @@ def plot_load(results: Sequence[RunResult], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_load_sweep(series: dict[str, dict[str, list[tuple[float, float]]]], path: Path) -> Path:
+    """TTFT p95 against the load multiple, one line per policy, one panel per title."""
+    fig, axes = plt.subplots(
+        1, len(series), figsize=(6.5 * len(series), 4.5), squeeze=False, sharey=True
+    )
+    for ax, (title, by_policy) in zip(axes[0], series.items(), strict=True):
+        for policy, points in by_policy.items():
+            shown = [(f, p95) for f, p95 in points if p95 == p95 and p95 > 0]  # NaN: none done
+            ax.plot([f for f, _ in shown], [p95 for _, p95 in shown], marker="o", label=policy)
+        ax.set_yscale("log")
+        ax.set_xlabel("load (multiple of the calibrated load)")
+        ax.set_title(f"TTFT p95 vs load: {title}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_ylabel("TTFT p95 (ms, log scale)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
