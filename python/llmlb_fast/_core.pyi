@@ -3,6 +3,8 @@
 from collections.abc import Mapping, Sequence
 from typing import Final, final
 
+from typing_extensions import Buffer
+
 __all__ = [
     "HASH_SEED",
     "METRIC_FIELDS",
@@ -25,7 +27,7 @@ METRIC_FIELDS: Final[list[str]]
 POLICIES: Final[list[str]]
 
 def hash_token_blocks(
-    token_ids: Sequence[int], *, block_size: int = 16, parent: int | None = None
+    token_ids: Sequence[int] | Buffer, *, block_size: int = 16, parent: int | None = None
 ) -> list[int]: ...
 def memory_usage(
     metrics: Mapping[str, float | None], *, gpu_memory_bytes: int | None = None
@@ -253,7 +255,7 @@ class Router:
         self,
         prompt: str | None = None,
         *,
-        token_ids: Sequence[int] | None = None,
+        token_ids: Sequence[int] | Buffer | None = None,
         block_hashes: Sequence[int] | None = None,
         prompt_tokens: int | None = None,
         request_id: str | None = None,
