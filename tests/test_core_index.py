@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from array import array
 
 import llmlb_fast
 import model
@@ -95,18 +96,85 @@ def test_longest_prefix_per_node(make_router: RouterFactory) -> None:
 def test_prefix_cache_size_evicts_least_recently_used(make_router: RouterFactory) -> None:
     router = make_router(["a"], char_block_size=4, prefix_cache_size=10)
     prompts = [f"{i}{i}{i}{i}{i}{i}{i}{i}" for i in range(1, 6)]  # two blocks each
-    for prompt in prompts:
+    for second, prompt in enumerate(prompts):
+        router.set_time(second)
         router.route(prompt)
     assert index_stats(router)["entries"] == 10
+    router.set_time(10)
     assert router.route(prompts[0]).matched_blocks == 2  # touches the first prompt
     router.route("zzzz")  # one entry too many: evicts down to 95% of capacity
     stats = index_stats(router)
     assert (stats["entries"], stats["evicted"]) == (9, 2)
     assert router.route(prompts[0]).matched_blocks == 2, "recently used survives"
-    assert router.route(prompts[1]).matched_blocks == 1, "oldest leaf went first"
+    assert router.route(prompts[2]).matched_blocks == 2
+    assert router.route(prompts[1]).matched_blocks == 0, "the oldest prompt went, whole"
     for i in range(200):
         router.route(f"{i:08d}")
     assert index_stats(router)["entries"] <= 10
+
+
+def test_a_long_prompt_is_evicted_tail_first(make_router: RouterFactory) -> None:
+    router = make_router(["a"], char_block_size=4, prefix_cache_size=10)
+    long = "".join(f"{i:04d}" for i in range(8))  # eight blocks
+    router.route(long)
+    router.set_time(1)
+    router.route("xxxxyyyy")
+    router.set_time(2)
+    router.route("zzzz")  # 11 entries: the two oldest blocks go, from the long prompt's tail
+    assert router.route(long, policy="least_request").matched_blocks == 6
+
+
+def test_a_long_prompt_matches_where_it_branches(make_router: RouterFactory) -> None:
+    """One run per new prompt, split where a later prompt leaves it: the matched depth is
+    found by binary search inside runs, and must be exact at every branch point."""
+    router = make_router(["a", "b"], policy="prefix_aware")
+    tokens = list(range(32_768))  # 2048 blocks
+    first = router.route(token_ids=tokens)
+    for depth in (2047, 1024, 1, 1500, 1023):
+        branch = tokens[: depth * 16] + [99_999] * 16
+        decision = router.route(token_ids=branch)
+        assert (decision.node_id, decision.matched_blocks) == (first.node_id, depth)
+    assert router.route(token_ids=tokens).matched_blocks == 2048
+    assert index_stats(router)["entries"] == 2048 + 5
+
+
+def test_token_ids_may_be_buffers(make_router: RouterFactory) -> None:
+    """array('I'), numpy arrays and memoryviews are read without building Python ints,
+    and route exactly as the list of the same ids."""
+    np = pytest.importorskip("numpy")
+    tokens = list(range(7, 7 + 100))
+    expected = llmlb_fast.hash_token_blocks(tokens, block_size=4)
+    buffers = [
+        array("I", tokens),
+        array("q", tokens),
+        array("H", tokens),
+        np.array(tokens, dtype=np.uint32),
+        np.array(tokens),  # int64
+        np.array(tokens, dtype=">u4"),
+        np.repeat(np.array(tokens, dtype=np.uint32), 2)[::2],  # not contiguous
+        memoryview(array("I", tokens)),
+        tuple(tokens),
+    ]
+    for ids in buffers:
+        assert llmlb_fast.hash_token_blocks(ids, block_size=4) == expected, ids
+    router = make_router(["a", "b"], token_block_size=4, policy="prefix_aware")
+    first = router.route(token_ids=tokens)
+    for ids in buffers:
+        decision = router.route(token_ids=ids)
+        router.complete(decision.request_id)
+        assert (decision.node_id, decision.matched_blocks, decision.prompt_tokens) == (
+            first.node_id,
+            25,
+            100,
+        ), ids
+    with pytest.raises(llmlb_fast.InvalidInputError, match=r"token_ids\[1\] = -5"):
+        router.route(token_ids=np.array([1, -5]))
+    with pytest.raises(llmlb_fast.InvalidInputError, match=r"token_ids\[0\] = 4294967296"):
+        router.route(token_ids=array("Q", [2**32]))
+    with pytest.raises(TypeError):
+        router.route(token_ids=np.array([1.5, 2.0]))
+    with pytest.raises(TypeError):
+        router.route(token_ids=np.zeros((2, 2), dtype=np.uint32))
 
 
 def test_node_kv_capacity_bounds_its_credited_blocks(make_router: RouterFactory) -> None:

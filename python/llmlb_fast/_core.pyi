@@ -3,6 +3,8 @@
 from collections.abc import Mapping, Sequence
 from typing import Final, final
 
+from typing_extensions import Buffer
+
 __all__ = [
     "HASH_SEED",
     "METRIC_FIELDS",
@@ -30,7 +32,7 @@ def chain_seed(model: str | None = None, adapter: str | None = None) -> int:
     ``xxh3_64(model, seed=HASH_SEED)`` then ``xxh3_64(adapter, seed=that)``."""
 
 def hash_token_blocks(
-    token_ids: Sequence[int],
+    token_ids: Sequence[int] | Buffer,
     *,
     block_size: int = 16,
     parent: int | None = None,
@@ -278,7 +280,7 @@ class Router:
         self,
         prompt: str | None = None,
         *,
-        token_ids: Sequence[int] | None = None,
+        token_ids: Sequence[int] | Buffer | None = None,
         block_hashes: Sequence[int] | None = None,
         prompt_tokens: int | None = None,
         request_id: str | None = None,

@@ -1,12 +1,14 @@
-//! Core-only routing latency and thread scaling (no Python in the loop).
-//! `cargo bench -p llmlb-core --bench route`
+//! Core-only routing latency and thread scaling (no Python in the loop), and the cost of
+//! long prompts against a full index (what hashing takes of it).
+//! `cargo bench -p llmlb-core --bench route` (`-- long` for the long-prompt groups only)
 
 use std::hint::black_box;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use llmlb_core::{NodeSpec, Outcome, RouteRequest, Router, RouterConfig};
+use llmlb_core::hashing::{chain_hash_bytes, chain_hash_tokens, HASH_SEED};
+use llmlb_core::{NodeSpec, Outcome, Prompt, RouteRequest, Router, RouterConfig};
 
 const BLOCK: usize = 64;
 
@@ -58,7 +60,13 @@ fn setup(nodes: usize) -> (Router, Vec<String>) {
 }
 
 fn route_and_complete(router: &Router, prompt: &str) {
-    let d = router.route(&RouteRequest::text(prompt)).unwrap();
+    route_prompt_and_complete(router, Prompt::Text(prompt));
+}
+
+fn route_prompt_and_complete(router: &Router, prompt: Prompt<'_>) {
+    let mut request = RouteRequest::text("");
+    request.prompt = prompt;
+    let d = router.route(&request).unwrap();
     router
         .complete(&d.request_id, Outcome::Ok, None, 0, 0)
         .unwrap();
@@ -129,5 +137,68 @@ fn bench_threads(_c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_latency, bench_threads);
+/// 64 nodes and an index filled to its 1M-block capacity by random chains of 32 to 4096
+/// blocks, so new prompts also pay for eviction.
+fn full_index() -> Router {
+    let router = Router::new(RouterConfig::default()).unwrap();
+    for i in 0..64 {
+        router
+            .upsert_node(NodeSpec::new(&format!("node-{i}"), "http://127.0.0.1"))
+            .unwrap();
+    }
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut entries = 0;
+    while entries < 990_000 {
+        let blocks = 32 << (next() % 8);
+        let hashes: Vec<u64> = (0..blocks).map(|_| next()).collect();
+        let prompt_tokens = blocks as u32 * 16;
+        route_prompt_and_complete(
+            &router,
+            Prompt::Hashes {
+                hashes: &hashes,
+                prompt_tokens,
+            },
+        );
+        entries += blocks;
+    }
+    router
+}
+
+fn bench_long_prompts(c: &mut Criterion) {
+    let router = full_index();
+    let mut group = c.benchmark_group("long");
+    group.sample_size(30);
+    for tokens in [512usize, 32_768, 131_072] {
+        let mut seed = tokens as u64 | 1;
+        let text = text(&mut seed, tokens / 16);
+        let mut ids: Vec<u32> = text.bytes().map(u32::from).take(tokens).collect();
+        group.bench_function(BenchmarkId::new("hash_text", tokens), |b| {
+            b.iter(|| chain_hash_bytes(black_box(text.as_bytes()), 64, HASH_SEED))
+        });
+        group.bench_function(BenchmarkId::new("hash_tokens", tokens), |b| {
+            b.iter(|| chain_hash_tokens(black_box(&ids), 16, HASH_SEED))
+        });
+        route_and_complete(&router, &text);
+        group.bench_function(BenchmarkId::new("route_text_repeated", tokens), |b| {
+            b.iter(|| route_and_complete(&router, &text))
+        });
+        let mut fresh = 0u32;
+        group.bench_function(BenchmarkId::new("route_tokens_new", tokens), |b| {
+            b.iter(|| {
+                fresh += 1;
+                ids[0] = fresh; // every chain hash new
+                route_prompt_and_complete(&router, Prompt::Tokens(&ids));
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_latency, bench_threads, bench_long_prompts);
 criterion_main!(benches);

@@ -51,12 +51,12 @@ pub fn chain_hash_tokens(tokens: &[u32], block_size: usize, seed: u64) -> Vec<u6
 /// growing conversation only hashes its new blocks.
 pub fn extend_token_chain(hashes: &mut Vec<u64>, parent: u64, tokens: &[u32], block_size: usize) {
     let block_size = block_size.max(1);
-    let mut buf = Vec::with_capacity(block_size * 4);
+    let mut buf = vec![0; block_size * 4];
     let mut seed = parent;
     for block in tokens.chunks_exact(block_size) {
-        buf.clear();
-        for token in block {
-            buf.extend_from_slice(&token.to_le_bytes());
+        // Into a fixed-size buffer: growing a Vec token by token cost more than hashing.
+        for (bytes, token) in buf.chunks_exact_mut(4).zip(block) {
+            bytes.copy_from_slice(&token.to_le_bytes());
         }
         seed = xxh3_64_with_seed(&buf, seed);
         hashes.push(seed);

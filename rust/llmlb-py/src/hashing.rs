@@ -6,12 +6,13 @@ use pyo3::prelude::*;
 use pyo3::types::{PyRange, PyRangeMethods};
 
 use crate::errors::invalid_input;
-use crate::router::token_ids_u32;
+use crate::prompt_args::{self, token_ids_u32};
 
 /// Chain hashes of the full `block_size`-token blocks of `token_ids`, continuing the
 /// chain after `parent` (the hash of the block before them), or, at a prompt's start,
 /// from the seed of `model` and `adapter` (as `Router.route` seeds them).
-/// A `range` of token ids is read without building its integers.
+/// A `range` of token ids is read without building its integers, a buffer of integers
+/// (`array.array('I')`, a numpy array) without building Python ints.
 #[pyfunction]
 #[pyo3(signature = (token_ids, *, block_size = 16, parent = None, model = None, adapter = None))]
 pub fn hash_token_blocks(
@@ -32,7 +33,7 @@ pub fn hash_token_blocks(
     }
     let tokens = match token_ids.cast::<PyRange>() {
         Ok(range) => range_u32(range)?,
-        Err(_) => token_ids_u32(token_ids.extract()?)?,
+        Err(_) => prompt_args::token_ids(token_ids)?,
     };
     let mut hashes = Vec::with_capacity(tokens.len() / block_size);
     py.detach(|| {

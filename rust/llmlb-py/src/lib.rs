@@ -6,6 +6,7 @@ mod decision;
 mod errors;
 mod hashing;
 mod node;
+mod prompt_args;
 mod router;
 mod sim;
 

@@ -10,24 +10,11 @@ use crate::config::RouterConfig;
 use crate::decision::{Completion, RouteDecision};
 use crate::errors::{invalid_input, to_py, IntoPyResult};
 use crate::node::{Node, NodeStatus};
+use crate::prompt_args;
 
 #[pyclass(frozen, module = "llmlb_fast._core")]
 pub struct Router {
     inner: core::Router,
-}
-
-/// Token ids as u32, with a clear error for anything else.
-pub(crate) fn token_ids_u32(ids: Vec<i64>) -> PyResult<Vec<u32>> {
-    ids.into_iter()
-        .enumerate()
-        .map(|(i, id)| {
-            u32::try_from(id).map_err(|_| {
-                invalid_input(format!(
-                    "token_ids[{i}] = {id} is not a token id (expected 0 <= id < 2**32)"
-                ))
-            })
-        })
-        .collect()
 }
 
 #[pymethods]
@@ -166,7 +153,7 @@ impl Router {
         &self,
         py: Python<'_>,
         prompt: Option<&Bound<'_, PyString>>,
-        token_ids: Option<Vec<i64>>,
+        token_ids: Option<&Bound<'_, PyAny>>,
         block_hashes: Option<Vec<u64>>,
         prompt_tokens: Option<u32>,
         request_id: Option<String>,
@@ -184,7 +171,7 @@ impl Router {
                 core::CoreError::InvalidConfig(message) => invalid_input(message),
                 other => to_py(other),
             })?;
-        let tokens = token_ids.map(token_ids_u32).transpose()?;
+        let tokens = token_ids.map(prompt_args::token_ids).transpose()?;
         let text = prompt.map(|p| p.to_str()).transpose()?;
         let block_size = self.inner.config().token_block_size;
         let prompt = match (text, &tokens, &block_hashes) {
