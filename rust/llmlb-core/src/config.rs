@@ -18,7 +18,7 @@ pub struct RouterConfig {
     pub chars_per_token: f64,
     /// Most blocks the prefix index holds (`scheduling.prefix_cache_size`). Keep it above
     /// the cluster's total KV blocks, or the index forgets prefixes the engines still hold
-    /// (about 110 bytes per block).
+    /// (8 to ~170 bytes per block, by how much the prompts branch).
     pub prefix_cache_size: usize,
     /// GPU metrics older than this are unknown, not trusted.
     pub metrics_ttl_s: f64,
