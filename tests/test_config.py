@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from llmlb_fast import POLICIES, Node, RouterConfig
-from llmlb_fast.config import load_config, parse_config, parse_config_text
+from llmlb_fast.config import destructive_changes, load_config, parse_config, parse_config_text
 from llmlb_fast.errors import ConfigError
 
 FULL = """
@@ -58,7 +58,7 @@ def test_defaults() -> None:
     assert config.canary is None
     assert config.server.listen == "127.0.0.1:50051"
     assert config.breaker.failure_threshold == 5
-    assert parse_config_text("").nodes == []
+    assert parse_config_text("{}").nodes == []
 
 
 @pytest.mark.parametrize(
@@ -198,3 +198,27 @@ def test_both_spellings_must_agree() -> None:
         with pytest.raises(ConfigError, match="invalid config") as info:
             parse_config_text(text)
         assert expected in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "null\n", "~"])
+def test_a_document_without_settings_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="holds no settings"):
+        parse_config_text(text, "llmlb.yaml")
+
+
+def test_duplicate_keys_are_refused() -> None:
+    with pytest.raises(ConfigError, match="duplicate key 'policy'"):
+        parse_config_text("policy: llmlb\npolicy: round_robin\n")
+    with pytest.raises(ConfigError, match="duplicate key 'load'"):
+        parse_config_text("policies: {llmlb: {load: 1, load: 2}}")
+
+
+def test_a_reload_that_wipes_nodes_or_auth_needs_an_opt_in() -> None:
+    guarded = parse_config_text("server: {auth_token: s3cret}\nnodes: [{id: a, address: 'a:1'}]")
+    no_nodes = parse_config_text("server: {auth_token: s3cret}")
+    no_auth = parse_config_text("nodes: [{id: a, address: 'a:1'}]")
+    assert destructive_changes(guarded, no_nodes) == ["it removes all 1 configured nodes"]
+    assert destructive_changes(guarded, no_auth) == ["it drops server.auth_token"]
+    opted_in = parse_config_text("server: {allow_destructive_reload: true}")
+    assert destructive_changes(guarded, opted_in) == []
+    assert destructive_changes(no_nodes, guarded) == []

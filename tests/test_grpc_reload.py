@@ -92,11 +92,18 @@ def test_invalid_file_is_rejected_and_old_config_kept(tmp_path: Path) -> None:
             write_config(path, merged({"server": FAST_POLL, "policy": "no_such_policy"}))
             rejected = await watcher.wait_for(pb.EVENT_KIND_CONFIG_REJECTED)
             assert "no_such_policy" in rejected.reason
+            path.write_text("")  # truncate-then-write, caught between the two
+            rejected = await watcher.wait_for(pb.EVENT_KIND_CONFIG_REJECTED)
+            assert "holds no settings" in rejected.reason
+            write_config(path, {"server": FAST_POLL})  # every node gone
+            rejected = await watcher.wait_for(pb.EVENT_KIND_CONFIG_REJECTED)
+            assert "removes all 2 configured nodes" in rejected.reason
             assert s.server.service.config is good
+            assert len((await s.stub.ListNodes(pb.ListNodesRequest())).nodes) == 2
             routed = await route_and_complete(s.stub, "still routing")
             assert routed.policy == "llmlb"
             rejections = s.server.service.telemetry.config_reloads.labels("rejected")._value.get()
-            assert rejections == 3
+            assert rejections == 5
             watcher.cancel()
 
     asyncio.run(scenario())

@@ -175,6 +175,9 @@ class ServerConfig(_Strict):
     metrics_port: int | None = Field(default=9100, ge=0, le=65535)
     # How often the config file is checked for changes.
     reload_poll_interval: Seconds = 1.0
+    # A reload that would remove every node or drop auth_token is refused unless the
+    # new file sets this (a truncated or half-written file must not wipe the cluster).
+    allow_destructive_reload: bool = False
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -364,12 +367,55 @@ def parse_config(data: Any, source: str = "<dict>") -> ServiceConfig:
     return config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names one key twice (the last
+    would silently win)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _unique_mapping,
+)
+
+
 def parse_config_text(text: str, source: str = "<text>") -> ServiceConfig:
+    """Parses a config document. An empty, comment-only or ``null`` document is an
+    error, not "all defaults": it is what a truncated file looks like mid-write."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as error:
         raise ConfigError(f"invalid config {source}: not valid YAML: {error}") from None
+    if data is None:
+        raise ConfigError(
+            f"invalid config {source}: the file holds no settings (empty, comments only or "
+            "null); write {} for all defaults"
+        )
     return parse_config(data, source)
+
+
+def destructive_changes(old: ServiceConfig, new: ServiceConfig) -> list[str]:
+    """What a reload from ``old`` to ``new`` would wipe: every configured node, or the
+    auth token. Empty when ``new`` allows it (``server.allow_destructive_reload``)."""
+    if new.server.allow_destructive_reload:
+        return []
+    changes = []
+    if old.nodes and not new.nodes:
+        changes.append(f"it removes all {len(old.nodes)} configured nodes")
+    if old.server.auth_token is not None and new.server.auth_token is None:
+        changes.append("it drops server.auth_token")
+    return changes
 
 
 def load_config(path: str | Path) -> ServiceConfig:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from llmlb_fast import errors
 from llmlb_fast._core import Completion, Node, NodeStatus, RouteDecision, Router
-from llmlb_fast.config import ServiceConfig
+from llmlb_fast.config import ServiceConfig, destructive_changes
 from llmlb_fast.errors import ConfigError, LlmlbError
 from llmlb_fast.service.alerts import WebhookAlerter
 from llmlb_fast.service.breakers import BreakerBoard
@@ -215,7 +215,15 @@ class RoutingService:
     # --- config -------------------------------------------------------------------
 
     def apply_config(self, new: ServiceConfig) -> None:
-        """Applies a validated config; in-flight requests and their counts survive."""
+        """Applies a validated config; in-flight requests and their counts survive.
+        Raises ConfigError for a reload that would wipe the nodes or the auth token
+        without ``server.allow_destructive_reload``."""
+        wiped = destructive_changes(self.config, new)
+        if wiped:
+            raise ConfigError(
+                f"reload refused: {' and '.join(wiped)}; set server.allow_destructive_reload "
+                "in the new file if that is meant"
+            )
         try:
             self.router.reconfigure(new.router_config())
         except ValueError as error:
