@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import platform
-import statistics
 import sys
 import threading
 import time
@@ -23,33 +22,16 @@ ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT), str(ROOT.parent / "tests")]
 
 import model  # noqa: E402  (the tests' pure-Python oracle)
-from core_workload import build, random_text  # noqa: E402
+from core_workload import build, percentile, random_text, time_routes  # noqa: E402
 from llmlb_fast import Node, Router, RouterConfig  # noqa: E402
 
 RESULTS = ROOT / "results"
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def route_latency_us(router: Router, queries: list[str], calls: int) -> dict[str, float]:
     """Times route() alone (completion outside the timed region)."""
-    samples = []
     prompts = itertools.cycle(queries)
-    clock = time.perf_counter_ns
-    for _ in range(calls):
-        prompt = next(prompts)
-        started = clock()
-        decision = router.route(prompt)
-        samples.append((clock() - started) / 1000)
-        router.complete(decision.request_id)
-    return {
-        "p50_us": percentile(samples, 0.50),
-        "p99_us": percentile(samples, 0.99),
-        "mean_us": statistics.fmean(samples),
-    }
+    return time_routes(router, lambda: router.route(next(prompts)), calls)
 
 
 def model_latency_us(nodes: int, queries: list[str], prefilled: int, calls: int) -> float:

@@ -1,10 +1,15 @@
 """The routing-core benchmark workload, shared by the pytest-benchmark suite and the
-report script: a cluster of N nodes and a prefix index pre-filled to ~100k entries."""
+report scripts: a cluster of N nodes and a prefix index pre-filled to ~100k entries, and
+the timing of route() calls."""
 
 from __future__ import annotations
 
 import random
+import statistics
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from llmlb_fast import Node, Router, RouterConfig
 
@@ -39,3 +44,25 @@ def build(nodes: int, policy: str = "llmlb", seed: int = 0) -> CoreWorkload:
         router.complete(router.route(prompt).request_id)
     queries = [rng.choice(prefilled) + random_text(rng, 2) for _ in range(QUERY_PROMPTS)]
     return CoreWorkload(router=router, queries=queries, nodes=nodes)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def time_routes(router: Router, route: Callable[[], Any], calls: int) -> dict[str, float]:
+    """Times ``route()`` alone, ``calls`` times; each request is completed outside the
+    timed region. Microseconds."""
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(calls):
+        started = clock()
+        decision = route()
+        samples.append((clock() - started) / 1000)
+        router.complete(decision.request_id)
+    return {
+        "p50_us": percentile(samples, 0.50),
+        "p99_us": percentile(samples, 0.99),
+        "mean_us": statistics.fmean(samples),
+    }

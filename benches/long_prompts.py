@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import llmlb_fast
+from core_workload import time_routes
 from llmlb_fast import Node, Router, RouterConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -38,11 +38,6 @@ SYSTEM_PROMPTS = 16
 SYSTEM_BLOCKS = 64
 
 Route = Callable[[], Any]
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def prefilled_router(rng: random.Random) -> Router:
@@ -65,20 +60,7 @@ def prefilled_router(rng: random.Random) -> Router:
 
 
 def timed(router: Router, route: Route, calls: int) -> dict[str, float]:
-    """Times route() alone; the request is completed outside the timed region."""
-    samples = []
-    clock = time.perf_counter_ns
-    for _ in range(calls):
-        started = clock()
-        decision = route()
-        samples.append((clock() - started) / 1000)
-        router.complete(decision.request_id)
-    return {
-        "p50_us": percentile(samples, 0.50),
-        "p99_us": percentile(samples, 0.99),
-        "mean_us": statistics.fmean(samples),
-        "calls": calls,
-    }
+    return {**time_routes(router, route, calls), "calls": calls}
 
 
 def text_routes(router: Router, body: str) -> dict[str, Route]:
