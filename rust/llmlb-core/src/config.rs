@@ -36,6 +36,10 @@ pub struct RouterConfig {
     /// Most output tokens a request is expected to produce, whatever its `max_tokens`
     /// (clients often send the model's whole context length).
     pub max_output_tokens: u32,
+    /// How long a prompt routed to a node that publishes KV events stays credited there
+    /// unconfirmed (between one and two of these): long enough for its prefill to run
+    /// and the engine's `BlockStored` to arrive.
+    pub prefix_guess_ttl_s: f64,
     /// Every policy's parameters, not only `policy`'s: a request may name another.
     pub policies: PolicyParams,
     /// Seed of the `random` policy.
@@ -58,6 +62,7 @@ impl Default for RouterConfig {
             memory_saturation_threshold: 0.95,
             default_output_tokens: 256,
             max_output_tokens: 4096,
+            prefix_guess_ttl_s: 5.0,
             policies: PolicyParams::default(),
             seed: 0,
         }
@@ -88,6 +93,7 @@ impl RouterConfig {
         positive("metrics_ttl_s", self.metrics_ttl_s)?;
         positive("request_ttl_s", self.request_ttl_s)?;
         positive("load_balance_window_s", self.load_balance_window_s)?;
+        positive("prefix_guess_ttl_s", self.prefix_guess_ttl_s)?;
         let saturation = self.memory_saturation_threshold;
         if !(saturation > 0.0 && saturation <= 1.0) {
             return Err(CoreError::InvalidConfig(format!(

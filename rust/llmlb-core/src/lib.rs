@@ -4,7 +4,9 @@
 //! types and errors. Module map:
 //! - [`node_table`]: nodes, their live counters and GPU metrics (lock-free reads);
 //! - [`prefix_index`]: the block-hash radix tree behind KV-cache affinity;
+//! - [`guesses`]: expiring credit for prompts routed to nodes that publish KV events;
 //! - [`hashing`]: how prompts become chains of block hashes;
+//! - [`kv_events`]: what engines' KV-cache events say each node holds;
 //! - [`scoring`]: per-candidate figures shared by the policies;
 //! - [`policy`]: one file per routing policy, and their registry;
 //! - [`lifecycle`]: requests in flight, completion and expiry;
@@ -16,7 +18,9 @@ pub mod clock;
 pub mod config;
 pub mod counters;
 pub mod error;
+pub mod guesses;
 pub mod hashing;
+pub mod kv_events;
 pub mod lifecycle;
 pub mod node_table;
 pub mod outcome;
@@ -29,6 +33,7 @@ pub mod window;
 pub use clock::Clock;
 pub use config::RouterConfig;
 pub use error::CoreError;
+pub use kv_events::{Applied, EngineHash, KvEventsState, StoredBlocks};
 pub use lifecycle::Completion;
 pub use node_table::{
     BreakerState, GpuMetrics, MemoryUsage, NodeSpec, NodeStatus, DEFAULT_PEAK_TFLOPS,
@@ -36,5 +41,7 @@ pub use node_table::{
 pub use outcome::Outcome;
 pub use policy::{PolicyKind, PolicyParams, REGISTRY};
 pub use prefix_index::IndexStats;
-pub use router::{CandidateScore, Prompt, Reason, RouteDecision, RouteRequest, Router};
+pub use router::{
+    BatchOutcome, CandidateScore, PrefixCredit, Prompt, Reason, RouteDecision, RouteRequest, Router,
+};
 pub use window::WindowSummary;

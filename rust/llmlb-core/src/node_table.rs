@@ -11,6 +11,7 @@ use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use crate::error::{check_fraction, check_non_negative, CoreError, CoreResult};
+use crate::kv_events::KvEventsState;
 use crate::window::OutcomeWindow;
 
 /// Most nodes one router holds (prefix-index holder ids are u16).
@@ -373,6 +374,8 @@ pub struct NodeLive {
     /// Tokens per second the backlog drains at: the spec's prefill rate (f64 bits),
     /// kept here so requests routed before a spec change release at today's rate.
     drain_rate: AtomicU64,
+    /// Where its prefix credit comes from ([`KvEventsState`] as u8).
+    kv_events: AtomicU8,
     metrics: ArcSwapOption<TimedMetrics>,
     pub(crate) window: Mutex<OutcomeWindow>,
 }
@@ -390,6 +393,7 @@ impl NodeLive {
             predicted_cached_total: AtomicU64::new(0),
             cache_trust: AtomicU64::new(1.0f64.to_bits()),
             drain_rate: AtomicU64::new(rate.to_bits()),
+            kv_events: AtomicU8::new(KvEventsState::Off as u8),
             metrics: ArcSwapOption::empty(),
             window: Mutex::new(OutcomeWindow::new(window_s)),
         }
@@ -397,6 +401,15 @@ impl NodeLive {
 
     pub fn in_flight(&self) -> u32 {
         self.hot.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn kv_events(&self) -> KvEventsState {
+        KvEventsState::from_u8(self.kv_events.load(Ordering::Acquire))
+    }
+
+    /// Returns the previous state.
+    pub fn set_kv_events(&self, state: KvEventsState) -> KvEventsState {
+        KvEventsState::from_u8(self.kv_events.swap(state as u8, Ordering::AcqRel))
     }
 
     /// Counts a routed request: in flight, and `prefill_tokens` (whole tokens) of
@@ -790,6 +803,9 @@ pub struct NodeStatus {
     pub metrics_age_s: Option<f64>,
     pub metrics_fresh: bool,
     pub prefix_blocks: u32,
+    pub kv_events: KvEventsState,
+    /// Blocks its engine's KV events say it holds (over data-parallel ranks).
+    pub kv_engine_blocks: u64,
 }
 
 #[cfg(test)]

@@ -100,7 +100,9 @@ struct Run {
     /// Depth of its first block.
     start: u32,
     parent: RunId,
-    children: u32,
+    /// Runs starting where this one ends (a subtree can be walked down, for a node whose
+    /// engine reports a block gone: everything it held below goes with it).
+    children: SmallVec<[RunId; 2]>,
     last_used: AtomicU64,
     holders: Holders,
 }
@@ -120,7 +122,7 @@ impl Run {
 
     /// Blocks at its tail no node holds, when it is a leaf (nothing hangs off them).
     fn unheld_tail(&self) -> u32 {
-        if self.children > 0 {
+        if !self.children.is_empty() {
             return 0;
         }
         self.len() - self.holders.iter().map(|h| h.held).max().unwrap_or(0)
@@ -159,6 +161,17 @@ impl PrefixMatch {
             .iter()
             .find(|(s, _)| *s == slot)
             .map_or(0, |&(_, d)| d)
+    }
+
+    /// Keeps, per slot, the deeper of this match and `other`.
+    pub fn merge_max(&mut self, other: &PrefixMatch) {
+        for &(slot, depth) in &other.depth_by_slot {
+            match self.depth_by_slot.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, d)) => *d = (*d).max(depth),
+                None => self.depth_by_slot.push((slot, depth)),
+            }
+        }
+        self.max_depth = self.max_depth.max(other.max_depth);
     }
 
     /// Depth of every slot below `slots`, for callers that ask about many nodes.
@@ -240,6 +253,11 @@ impl PrefixIndex {
         result
     }
 
+    /// [`lookup`](Self::lookup) for inspection: not counted in the hit-rate figures.
+    pub fn peek(&self, hashes: &[u64], stamp: u64) -> PrefixMatch {
+        self.tree.read().lookup(hashes, stamp)
+    }
+
     /// Counts the blocks the chosen node already had, for the hit rate.
     pub fn record_served(&self, matched_blocks: u32) {
         self.counters.add(BLOCKS_MATCHED, matched_blocks as u64);
@@ -268,6 +286,48 @@ impl PrefixIndex {
         tree.enforce_node_budget(slot);
         tree.enforce_capacity();
         tree.compact_heaps(slot);
+    }
+
+    /// Node `slot` no longer holds the last block of `hashes` (a chain from the prompt
+    /// start), nor anything below it: the engine reported it gone, and an engine's prefix
+    /// lookup stops at the first block it lacks. Returns the blocks taken off the node.
+    pub fn release_from(&self, hashes: &[u64], slot: u16) -> u32 {
+        if hashes.is_empty() {
+            return 0;
+        }
+        let mut tree = self.tree.write();
+        if tree.blocks_by_node.len() <= slot as usize {
+            return 0;
+        }
+        let before = tree.blocks_by_node[slot as usize];
+        if let Some((id, offset)) = tree.locate(hashes) {
+            tree.release_subtree(id, offset, slot);
+        }
+        before - tree.blocks_by_node[slot as usize]
+    }
+
+    /// True when nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.tree.read().blocks == 0
+    }
+
+    /// Drops every entry; keeps which node holds each slot and their budgets.
+    pub fn clear_entries(&self) {
+        let mut tree = self.tree.write();
+        let owners = std::mem::take(&mut tree.owner_by_node);
+        let budgets = std::mem::take(&mut tree.budget_by_node);
+        let (capacity, evicted, seq) = (tree.capacity, tree.evicted, tree.seq);
+        *tree = Tree {
+            capacity,
+            evicted,
+            seq,
+            ..Tree::default()
+        };
+        for (slot, (owner, budget)) in owners.into_iter().zip(budgets).enumerate() {
+            tree.ensure_node(slot as u16);
+            tree.owner_by_node[slot] = owner;
+            tree.set_budget(slot as u16, budget);
+        }
     }
 
     /// Drops everything credited to a node (it reported its cache cleared).
@@ -485,16 +545,16 @@ impl Tree {
             hashes: hashes.into(),
             start,
             parent,
-            children: 0,
+            children: SmallVec::new(),
             last_used: AtomicU64::new(stamp),
             holders: Holders::new(),
         };
-        if parent != NO_RUN {
-            live_mut(&mut self.runs, parent).children += 1;
-        }
         self.blocks += hashes.len();
         push(&mut self.leaves, record(&mut self.seq, stamp, hashes[0]));
         let id = self.alloc(run);
+        if parent != NO_RUN {
+            live_mut(&mut self.runs, parent).children.push(id);
+        }
         self.by_first_hash.insert(hashes[0], id);
         id
     }
@@ -557,7 +617,7 @@ impl Tree {
             hashes: run.hashes[..k].into(),
             start: run.start,
             parent: run.parent,
-            children: 1,
+            children: SmallVec::from_slice(&[id]),
             last_used: AtomicU64::new(run.last_used.load(Ordering::Relaxed)),
             holders: (run.holders.iter())
                 .map(|h| Holder {
@@ -567,8 +627,14 @@ impl Tree {
                 })
                 .collect(),
         };
-        let head_first = head.hashes[0];
+        let (head_first, grandparent) = (head.hashes[0], head.parent);
         let head_id = self.alloc(head);
+        if grandparent != NO_RUN {
+            let siblings = &mut live_mut(&mut self.runs, grandparent).children;
+            if let Some(c) = siblings.iter_mut().find(|c| **c == id) {
+                *c = head_id;
+            }
+        }
         let tail = live_mut(&mut self.runs, id);
         tail.hashes = tail.hashes[k..].into();
         tail.start += k32;
@@ -576,7 +642,7 @@ impl Tree {
         tail.holders.retain(|h| h.held > k32);
         tail.holders.iter_mut().for_each(|h| h.held -= k32);
         let (first, last_used) = (tail.first(), tail.last_used.load(Ordering::Relaxed));
-        if tail.children == 0 {
+        if tail.children.is_empty() {
             push(&mut self.leaves, record(&mut self.seq, last_used, first));
         }
         for h in &tail.holders {
@@ -635,8 +701,8 @@ impl Tree {
             return None;
         }
         let p = live_mut(&mut self.runs, parent);
-        p.children -= 1;
-        if p.children == 0 {
+        p.children.retain(|c| *c != id);
+        if p.children.is_empty() {
             push(
                 &mut self.leaves,
                 record(
@@ -680,6 +746,63 @@ impl Tree {
         self.drop_tail(id, unheld);
     }
 
+    /// The run holding the last block of chain `hashes`, and that block's offset in it.
+    fn locate(&self, hashes: &[u64]) -> Option<(RunId, u32)> {
+        let (mut depth, mut parent) = (0, NO_RUN);
+        loop {
+            let id = self.find(hashes[depth], depth, parent)?;
+            let run = self.run(id);
+            let matched = matched_len(&run.hashes, &hashes[depth..]);
+            if depth + matched == hashes.len() {
+                return Some((id, matched as u32 - 1));
+            }
+            if matched < run.hashes.len() {
+                return None; // the chain leaves the tree inside this run
+            }
+            depth += matched;
+            parent = id;
+        }
+    }
+
+    /// Takes from `slot` its blocks of run `id` from `offset` on and everything it holds
+    /// in the runs below, deepest first (so each release finds no child holding).
+    fn release_subtree(&mut self, id: RunId, offset: u32, slot: u16) {
+        let Some(held) = self
+            .run(id)
+            .holder(slot)
+            .map(|i| self.run(id).holders[i].held)
+        else {
+            return;
+        };
+        if held <= offset {
+            return;
+        }
+        let mut order = Vec::new();
+        let mut stack = vec![id];
+        while let Some(run_id) = stack.pop() {
+            order.push(run_id);
+            let run = self.run(run_id);
+            let holds_kids = run.holder(slot).is_some_and(|i| run.holders[i].kids > 0);
+            if holds_kids {
+                let held_by_slot = |c: &&RunId| self.run(**c).holder(slot).is_some();
+                stack.extend(run.children.iter().filter(held_by_slot));
+            }
+        }
+        for &run_id in order.iter().rev() {
+            // A release may prune runs nobody holds any more; skip those.
+            let Some(run) = self.runs[run_id as usize].as_ref() else {
+                continue;
+            };
+            let Some(held) = run.holder(slot).map(|i| run.holders[i].held) else {
+                continue;
+            };
+            let keep = if run_id == id { offset } else { 0 };
+            if held > keep {
+                self.release(run_id, slot, held - keep);
+            }
+        }
+    }
+
     fn forget_node(&mut self, slot: u16) {
         self.ensure_node(slot);
         let mut held = Vec::new();
@@ -718,7 +841,7 @@ impl Tree {
                 continue;
             };
             let run = self.run(id);
-            if run.children > 0 {
+            if !run.children.is_empty() {
                 continue; // a record comes back when its last child goes
             }
             let last_used = run.last_used.load(Ordering::Relaxed);
@@ -803,7 +926,7 @@ impl Tree {
     fn compact_heaps(&mut self, slot: u16) {
         if self.leaves.len() > 2 * self.by_first_hash.len() + HEAP_SLACK_RECORDS {
             let heap = std::mem::take(&mut self.leaves);
-            self.leaves = self.live_records(heap, |run| run.children == 0);
+            self.leaves = self.live_records(heap, |run| run.children.is_empty());
         }
         let held = self.runs_by_node[slot as usize] as usize;
         let heap = &mut self.leaves_by_node[slot as usize];
@@ -841,11 +964,14 @@ impl Tree {
             + self.free.capacity() * size_of::<RunId>();
         let runs: usize = (self.runs.iter().flatten())
             .map(|run| {
-                let spilled = if run.holders.spilled() {
+                let mut spilled = if run.holders.spilled() {
                     run.holders.capacity() * size_of::<Holder>()
                 } else {
                     0
                 };
+                if run.children.spilled() {
+                    spilled += run.children.capacity() * size_of::<RunId>();
+                }
                 run.hashes.len() * size_of::<u64>() + spilled
             })
             .sum();
@@ -908,8 +1034,12 @@ impl Tree {
         assert_eq!(runs_by_node, self.runs_by_node);
         let recorded = |heap: &BinaryHeap<Record>, hash| heap.iter().any(|r| r.0 .2 == hash);
         for &(id, run) in &live {
-            assert_eq!(run.children, children.get(&id).copied().unwrap_or(0));
-            if run.children == 0 {
+            assert_eq!(
+                run.children.len() as u32,
+                children.get(&id).copied().unwrap_or(0)
+            );
+            assert!(run.children.iter().all(|&c| self.run(c).parent == id));
+            if run.children.is_empty() {
                 assert_eq!(run.unheld_tail(), 0, "a leaf's blocks are held");
                 assert!(recorded(&self.leaves, run.first()), "a leaf has a record");
             }

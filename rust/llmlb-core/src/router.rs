@@ -1,6 +1,10 @@
 //! The router: one object tying the node table, prefix index, policies and request
 //! lifecycle together. Every method takes `&self` and is safe to call from many threads.
 
+mod kv;
+
+pub use kv::BatchOutcome;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -10,7 +14,9 @@ use parking_lot::Mutex;
 use crate::clock::{secs_to_ns, Clock};
 use crate::config::RouterConfig;
 use crate::error::{check_non_negative, CoreError, CoreResult};
+use crate::guesses::GuessIndex;
 use crate::hashing::{chain_hash_bytes, chain_hash_tokens, chain_seed};
+use crate::kv_events::{KvEventsState, NodeCache};
 use crate::lifecycle::{Completion, InFlight, InFlightRegistry};
 use crate::node_table::{
     BreakerState, GpuMetrics, NodeEntry, NodeSpec, NodeStatus, NodeTable, Snapshot, Upserted,
@@ -135,6 +141,10 @@ pub struct Router {
     config: ArcSwap<RouterConfig>,
     table: NodeTable,
     index: PrefixIndex,
+    /// Prompts just routed to nodes whose credit comes from KV events (see `kv`).
+    guesses: GuessIndex,
+    /// What each such node's engine holds, by slot, with the node's incarnation.
+    kv_caches: Mutex<std::collections::HashMap<u16, (u64, NodeCache)>>,
     in_flight: InFlightRegistry,
     policies: Policies,
     clock: Clock,
@@ -162,6 +172,8 @@ impl Router {
         config.validate()?;
         Ok(Router {
             index: PrefixIndex::new(config.prefix_cache_size),
+            guesses: GuessIndex::new(guess_capacity(&config)),
+            kv_caches: Mutex::default(),
             policies: Policies::new(config.seed),
             config: ArcSwap::from_pointee(config),
             table: NodeTable::default(),
@@ -219,7 +231,8 @@ impl Router {
         let budget = node_budget(&node, &config);
         match upserted {
             Upserted::Added { slot, incarnation } => {
-                self.index.bind_node(slot, incarnation, budget)
+                self.index.bind_node(slot, incarnation, budget);
+                self.guesses.bind_node(slot, incarnation);
             }
             Upserted::Updated { slot, .. } => self.index.set_node_budget(slot, budget),
         }
@@ -232,6 +245,8 @@ impl Router {
     pub fn remove_node(&self, node_id: &str) -> CoreResult<Vec<String>> {
         let removed = self.table.remove(node_id)?;
         self.index.retire_node(removed.slot);
+        self.guesses.retire_node(removed.slot);
+        self.kv_caches.lock().remove(&removed.slot);
         Ok(self.in_flight.ids_on_node(node_id))
     }
 
@@ -256,6 +271,7 @@ impl Router {
     pub fn clear_node_cache(&self, node_id: &str) -> CoreResult<()> {
         let node = self.table.get(node_id)?;
         self.index.forget_node(node.slot);
+        self.guesses.forget_node(node.slot);
         Ok(())
     }
 
@@ -287,11 +303,17 @@ impl Router {
         if snapshot.nodes.is_empty() {
             return Err(CoreError::NoAvailableNode("no nodes are registered".into()));
         }
-        let matched = if prompt.hashes.is_empty() {
+        self.guesses
+            .maybe_rotate(now, secs_to_ns(config.prefix_guess_ttl_s));
+        let confirmed = if prompt.hashes.is_empty() {
             PrefixMatch::default()
         } else {
             self.index.lookup(&prompt.hashes, now)
         };
+        let mut matched = confirmed.clone();
+        if !prompt.hashes.is_empty() && !self.guesses.is_empty() {
+            matched.merge_max(&self.guesses.lookup(&prompt.hashes, now));
+        }
         let rules = CandidateRules {
             metrics_ttl_ns: secs_to_ns(config.metrics_ttl_s),
             memory_saturation_threshold: config.memory_saturation_threshold,
@@ -343,11 +365,11 @@ impl Router {
             .live
             .count_prompt(prompt.facts.prompt_tokens as u64, matched_tokens as u64);
         self.index.record_served(matched_blocks);
-        self.index.insert_from(
+        self.credit_routed(
+            chosen,
             &prompt.hashes,
-            matched_blocks as usize,
-            chosen.slot,
-            chosen.incarnation,
+            confirmed.depth_of(chosen.slot),
+            matches!(request.prompt, Prompt::Text(_)),
             now,
         );
         Ok(RouteDecision {
@@ -366,6 +388,29 @@ impl Router {
                 .collect(),
             snapshot: arc_swap::Guard::into_inner(snapshot),
         })
+    }
+
+    /// Credits the chosen node with the prompt: a guess that expires, when its engine's
+    /// events are live and can confirm it (token chains, not text); else an entry of the
+    /// main index, as with no events.
+    fn credit_routed(
+        &self,
+        node: &NodeEntry,
+        hashes: &[u64],
+        confirmed: u32,
+        text: bool,
+        now: u64,
+    ) {
+        if confirmed as usize >= hashes.len() {
+            return;
+        }
+        if !text && node.live.kv_events() == KvEventsState::Live {
+            self.guesses
+                .insert(hashes, node.slot, node.incarnation, now);
+        } else {
+            let held = confirmed as usize;
+            (self.index).insert_from(hashes, held, node.slot, node.incarnation, now);
+        }
     }
 
     /// Runs the policy; falls back to saturated nodes when nothing else can serve, and
@@ -507,6 +552,7 @@ impl Router {
         let config = self.config.load();
         let now = self.clock.now_ns();
         let ttl = secs_to_ns(config.metrics_ttl_s);
+        let kv_caches = self.kv_caches.lock();
         self.table
             .load()
             .nodes
@@ -529,6 +575,10 @@ impl Router {
                     metrics_fresh: live.has_fresh_metrics(now, ttl),
                     metrics: last.map(|t| t.metrics.clone()),
                     prefix_blocks: self.index.blocks_held_by(node.slot),
+                    kv_events: live.kv_events(),
+                    kv_engine_blocks: (kv_caches.get(&node.slot))
+                        .filter(|(incarnation, _)| *incarnation == node.incarnation)
+                        .map_or(0, |(_, cache)| cache.engine_blocks() as u64),
                 }
             })
             .collect()
@@ -544,6 +594,34 @@ impl Router {
     pub fn index_stats(&self) -> IndexStats {
         self.index.stats()
     }
+
+    /// How many leading blocks of the request's prompt each node is credited with, by
+    /// the main index (what KV events confirmed, or what was routed to a node that has
+    /// none) and by guesses (routed to a node with live events, not yet confirmed).
+    pub fn prefix_credit(&self, request: &RouteRequest<'_>) -> CoreResult<Vec<PrefixCredit>> {
+        let config = self.config.load();
+        validate_prompt(&request.prompt, &config)?;
+        let prompt = hash_prompt(request, &config);
+        let now = self.clock.now_ns();
+        let confirmed = self.index.peek(&prompt.hashes, now);
+        let guessed = self.guesses.lookup(&prompt.hashes, now);
+        let nodes = &self.table.load().nodes;
+        Ok((nodes.iter())
+            .map(|node| PrefixCredit {
+                node_id: node.spec.id.clone(),
+                blocks: confirmed.depth_of(node.slot),
+                guessed_blocks: guessed.depth_of(node.slot),
+            })
+            .collect())
+    }
+}
+
+/// One node's credit for a prompt ([`Router::prefix_credit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixCredit {
+    pub node_id: Arc<str>,
+    pub blocks: u32,
+    pub guessed_blocks: u32,
 }
 
 fn release(
@@ -650,6 +728,11 @@ fn hash_prompt(request: &RouteRequest<'_>, config: &RouterConfig) -> HashedPromp
 fn node_budget(node: &NodeEntry, config: &RouterConfig) -> Option<u32> {
     let tokens = node.live.kv_capacity_tokens(&node.spec)?;
     Some((tokens / config.token_block_size as f64).clamp(1.0, u32::MAX as f64) as u32)
+}
+
+/// Blocks the guess index holds: a few seconds of routed prompts, far below the main one.
+fn guess_capacity(config: &RouterConfig) -> usize {
+    (config.prefix_cache_size / 4).max(1024)
 }
 
 fn scored_candidate(position: usize, c: &Candidate<'_>) -> ScoredCandidate {

@@ -1,0 +1,529 @@
+//! What each node's engine holds, as its KV-cache events say (vLLM's and SGLang's
+//! `BlockStored` / `BlockRemoved` / `AllBlocksCleared`).
+//!
+//! Engine block hashes are the engine's own, so they are mapped to the index's chain
+//! hashes ([`crate::hashing`]) through the tokens each stored block carries, continuing
+//! from its parent block: per node and data-parallel rank, a map from engine hash to the
+//! index blocks it completes. Engine blocks may be a multiple of the index's block size
+//! or a divisor of it (then each entry keeps the tokens past the last index boundary).
+//! A store credits the node with the whole chain up to the stored blocks; a removal
+//! takes the node's credit from that block down (an engine's prefix lookup stops at the
+//! first block it lacks), and drops the removed block's descendants from the map, since
+//! they are unreachable on that rank. An index block stays credited while any engine
+//! block of the node (over ranks) maps to it.
+//!
+//! Only the GPU tier is credited: blocks stored to a lower tier (CPU offload, disk) are
+//! counted, not credited, since reusing them is a transfer, not a hit.
+
+pub mod wire;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::mem::size_of;
+
+use smallvec::SmallVec;
+
+use crate::hashing::extend_token_chain;
+
+/// Where a node's prefix credit comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum KvEventsState {
+    /// No events: every routed prompt is credited, bounded by the node's KV capacity.
+    #[default]
+    Off = 0,
+    /// The event stream is whole: credit is what the engine confirmed, plus fresh guesses
+    /// for prompts just routed there (they expire after the guess TTL).
+    Live = 1,
+    /// The stream broke (a gap replay could not fill, a dead publisher): entries are
+    /// scored as guesses, and routed prompts credited as with no events, until it is
+    /// whole again.
+    Unconfirmed = 2,
+}
+
+impl KvEventsState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvEventsState::Off => "off",
+            KvEventsState::Live => "live",
+            KvEventsState::Unconfirmed => "unconfirmed",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "off" => Some(KvEventsState::Off),
+            "live" => Some(KvEventsState::Live),
+            "unconfirmed" => Some(KvEventsState::Unconfirmed),
+            _ => None,
+        }
+    }
+
+    pub fn from_u8(value: u8) -> Self {
+        match value {
+            1 => KvEventsState::Live,
+            2 => KvEventsState::Unconfirmed,
+            _ => KvEventsState::Off,
+        }
+    }
+}
+
+/// An engine's name for a block: an int hash as the engine gives it (its low 64 bits),
+/// a bytes hash folded to 64 bits ([`engine_hash_of_bytes`]).
+pub type EngineHash = u64;
+
+pub fn engine_hash_of_bytes(bytes: &[u8]) -> EngineHash {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// True for the tier that serves prefix hits directly (vLLM's `medium` "GPU", or none).
+pub fn is_gpu_medium(medium: Option<&str>) -> bool {
+    medium.is_none_or(|m| m.eq_ignore_ascii_case("gpu"))
+}
+
+/// One `BlockStored` event, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredBlocks<'a> {
+    pub block_hashes: &'a [EngineHash],
+    /// The engine hash of the block before the first one; None at a prompt's start.
+    pub parent: Option<EngineHash>,
+    /// The blocks' tokens, `block_hashes.len() * block_size` of them. None: the hashes
+    /// are the index's own chain hashes (a caller that hashed with llmlb's scheme).
+    pub token_ids: Option<&'a [u32]>,
+    /// Tokens per engine block (with `token_ids`).
+    pub block_size: usize,
+    /// [`crate::hashing::chain_seed`] of the node's model and the event's adapter.
+    pub seed: u64,
+}
+
+/// What a node's index credit must change by: the seam between this module and the
+/// prefix index (and the router's guesses), so the bookkeeping is testable alone.
+pub trait CreditSink {
+    /// The node holds every block of `chain` (a chain from the prompt start).
+    fn credit(&mut self, chain: &[u64]);
+    /// The node lacks the last block of `chain`, and so everything below it.
+    fn release(&mut self, chain: &[u64]);
+    /// The node holds nothing.
+    fn forget(&mut self);
+}
+
+/// Mixes a 64-bit key so sequential engine hashes (an engine that numbers its blocks)
+/// still spread over the table.
+#[derive(Default)]
+pub struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        let x = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^ (x >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Mixed = BuildHasherDefault<MixHasher>;
+
+#[derive(Debug, Clone)]
+struct EngineBlock {
+    parent: Option<EngineHash>,
+    /// Index blocks that end inside this engine block, in chain order.
+    index_hashes: SmallVec<[u64; 1]>,
+    /// Tokens past the last index-block boundary at this block's end (only when engine
+    /// blocks are smaller than index blocks).
+    tail: Box<[u32]>,
+    /// Index blocks before its first one (its first index hash's depth in the chain).
+    depth: u32,
+    /// Engine blocks stored below this one (on this rank).
+    children: u32,
+}
+
+/// One engine block's share of a stored event.
+struct Mapped {
+    index_hashes: SmallVec<[u64; 1]>,
+    tail: Box<[u32]>,
+    depth: u32,
+}
+
+/// The chain at the end of an engine block: index hashes from the prompt start, and the
+/// tokens past the last full index block.
+#[derive(Debug, Clone, Default)]
+struct ChainEnd {
+    hashes: Vec<u64>,
+    tail: Vec<u32>,
+}
+
+#[derive(Debug, Default)]
+struct RankBlocks {
+    blocks: HashMap<EngineHash, EngineBlock, Mixed>,
+}
+
+/// What one store, removal or clear changed, for the caller's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub stored_blocks: u64,
+    pub removed_blocks: u64,
+    /// Events that could not be placed: a parent never stored (or gone), tokens that do
+    /// not fill the blocks, block sizes the index cannot align with.
+    pub skipped_events: u64,
+    /// Blocks of a lower tier (counted, not credited).
+    pub offloaded_blocks: u64,
+}
+
+impl std::ops::AddAssign for Applied {
+    fn add_assign(&mut self, other: Applied) {
+        self.stored_blocks += other.stored_blocks;
+        self.removed_blocks += other.removed_blocks;
+        self.skipped_events += other.skipped_events;
+        self.offloaded_blocks += other.offloaded_blocks;
+    }
+}
+
+/// One node's engine blocks, over its data-parallel ranks.
+#[derive(Debug, Default)]
+pub struct NodeCache {
+    ranks: HashMap<u32, RankBlocks>,
+    /// Engine blocks (over ranks) mapping to each index block.
+    refs: HashMap<u64, u32, Mixed>,
+    /// The chain the previous store on a rank ended on: consecutive chunks of one
+    /// prompt's prefill continue it without walking the map back to the start.
+    last: Option<(u32, EngineHash, ChainEnd)>,
+}
+
+impl NodeCache {
+    /// Engine blocks held, over ranks.
+    pub fn engine_blocks(&self) -> usize {
+        self.ranks.values().map(|r| r.blocks.len()).sum()
+    }
+
+    /// Applies a store on `rank`; `index_block_size` is the index's tokens per block.
+    pub fn store(
+        &mut self,
+        rank: u32,
+        event: &StoredBlocks<'_>,
+        index_block_size: usize,
+        sink: &mut dyn CreditSink,
+    ) -> Applied {
+        let skipped = Applied {
+            skipped_events: 1,
+            ..Applied::default()
+        };
+        if event.block_hashes.is_empty() {
+            return Applied::default();
+        }
+        let Some(mut end) = self.chain_end(rank, event.parent) else {
+            return skipped;
+        };
+        let Some(per_block) = self.index_blocks_of(event, index_block_size, &mut end) else {
+            return skipped;
+        };
+        let blocks = &mut self.ranks.entry(rank).or_default().blocks;
+        let mut stored = 0;
+        let mut parent = event.parent;
+        for (&hash, mapped) in event.block_hashes.iter().zip(per_block) {
+            // Stored again (a replay overlapping what arrived live): already counted.
+            if !blocks.contains_key(&hash) {
+                for &h in &mapped.index_hashes {
+                    *self.refs.entry(h).or_default() += 1;
+                }
+                if let Some(p) = parent.and_then(|p| blocks.get_mut(&p)) {
+                    p.children += 1;
+                }
+                let block = EngineBlock {
+                    parent,
+                    index_hashes: mapped.index_hashes,
+                    tail: mapped.tail,
+                    depth: mapped.depth,
+                    children: 0,
+                };
+                blocks.insert(hash, block);
+                stored += 1;
+            }
+            parent = Some(hash);
+        }
+        if !end.hashes.is_empty() {
+            sink.credit(&end.hashes);
+        }
+        let last = *event.block_hashes.last().expect("not empty");
+        self.last = Some((rank, last, end));
+        Applied {
+            stored_blocks: stored,
+            ..Applied::default()
+        }
+    }
+
+    /// Applies a removal on `rank`.
+    pub fn remove(
+        &mut self,
+        rank: u32,
+        hashes: &[EngineHash],
+        sink: &mut dyn CreditSink,
+    ) -> Applied {
+        let Some(rank_blocks) = self.ranks.get(&rank) else {
+            return Applied::default();
+        };
+        let mut gone: Vec<EngineHash> = hashes
+            .iter()
+            .copied()
+            .filter(|h| rank_blocks.blocks.contains_key(h))
+            .collect();
+        gone.sort_unstable();
+        gone.dedup();
+        if gone.is_empty() {
+            return Applied::default();
+        }
+        let removed = gone.len() as u64;
+        let all = self.with_descendants(rank, gone);
+        // Chains first, while every ancestor is still in the map.
+        let (paths, cuts) = self.release_points(rank, &all);
+        let mut released = Vec::new();
+        for &hash in &all {
+            self.forget_block(rank, hash, &mut released);
+        }
+        let mut cut_paths = vec![false; paths.len()];
+        for (path, depth) in cuts {
+            // Released only when no other engine block of the node maps to it; a cut
+            // below one already made on the same path has nothing left to take.
+            let chain = &paths[path][..=depth];
+            if !cut_paths[path] && released.binary_search(&chain[depth]).is_ok() {
+                sink.release(chain);
+                cut_paths[path] = true;
+            }
+        }
+        if self.last.as_ref().is_some_and(|(r, _, _)| *r == rank) {
+            self.last = None;
+        }
+        Applied {
+            removed_blocks: removed,
+            ..Applied::default()
+        }
+    }
+
+    /// For each block of `all` that completes an index block: the chain to its first
+    /// one, as (path, depth) into a few full chains (a tail-first eviction is one path,
+    /// walked once, deepest block first), shallowest cuts first.
+    fn release_points(
+        &self,
+        rank: u32,
+        all: &[EngineHash],
+    ) -> (Vec<Vec<u64>>, Vec<(usize, usize)>) {
+        let blocks = &self.ranks[&rank].blocks;
+        let mut order: Vec<&EngineBlock> = all
+            .iter()
+            .map(|h| &blocks[h])
+            .filter(|b| !b.index_hashes.is_empty())
+            .collect();
+        order.sort_unstable_by_key(|b| std::cmp::Reverse(b.depth));
+        let mut paths: Vec<Vec<u64>> = Vec::new();
+        let mut cuts = Vec::with_capacity(order.len());
+        for block in order {
+            let depth = block.depth as usize;
+            let first = block.index_hashes[0];
+            let on = paths.iter().position(|p| p.get(depth) == Some(&first));
+            let path = match on {
+                Some(path) => path,
+                None => {
+                    let Some(mut end) = self.chain_end(rank, block.parent) else {
+                        continue;
+                    };
+                    end.hashes.extend_from_slice(&block.index_hashes);
+                    paths.push(end.hashes);
+                    paths.len() - 1
+                }
+            };
+            cuts.push((path, depth));
+        }
+        cuts.sort_unstable_by_key(|&(_, depth)| depth);
+        (paths, cuts)
+    }
+
+    /// The engine dropped everything on `rank` (None: every rank, e.g. a restart).
+    pub fn clear(&mut self, rank: Option<u32>, sink: &mut dyn CreditSink) {
+        match rank {
+            None => self.ranks.clear(),
+            Some(rank) => {
+                self.ranks.remove(&rank);
+            }
+        }
+        self.refs.clear();
+        self.last = None;
+        sink.forget();
+        // What the other ranks still hold stays credited.
+        let ranks: Vec<u32> = self.ranks.keys().copied().collect();
+        for rank in ranks {
+            self.recredit_rank(rank, sink);
+        }
+    }
+
+    fn recredit_rank(&mut self, rank: u32, sink: &mut dyn CreditSink) {
+        let leaves: Vec<EngineHash> = self.ranks[&rank]
+            .blocks
+            .iter()
+            .filter(|(_, b)| b.children == 0)
+            .map(|(&h, _)| h)
+            .collect();
+        for block in self.ranks[&rank].blocks.values() {
+            for &h in &block.index_hashes {
+                *self.refs.entry(h).or_default() += 1;
+            }
+        }
+        for leaf in leaves {
+            if let Some(end) = self.chain_end(rank, Some(leaf)) {
+                if !end.hashes.is_empty() {
+                    sink.credit(&end.hashes);
+                }
+            }
+        }
+    }
+
+    /// The chain at the end of engine block `parent` on `rank` (the empty chain for
+    /// None); None when the block is unknown.
+    fn chain_end(&self, rank: u32, parent: Option<EngineHash>) -> Option<ChainEnd> {
+        let Some(parent) = parent else {
+            return Some(ChainEnd::default());
+        };
+        if let Some((r, h, end)) = &self.last {
+            if *r == rank && *h == parent {
+                return Some(end.clone());
+            }
+        }
+        let blocks = &self.ranks.get(&rank)?.blocks;
+        let start = blocks.get(&parent)?;
+        let mut reversed: Vec<u64> = Vec::new();
+        let mut at = Some(start);
+        while let Some(block) = at {
+            reversed.extend(block.index_hashes.iter().rev());
+            at = match block.parent {
+                Some(p) => Some(blocks.get(&p)?),
+                None => None,
+            };
+        }
+        reversed.reverse();
+        Some(ChainEnd {
+            hashes: reversed,
+            tail: start.tail.to_vec(),
+        })
+    }
+
+    /// Per engine block of `event`: the index hashes ending in it and the tokens left
+    /// past them; extends `end` to the chain after the last block. None when the event
+    /// cannot be mapped.
+    fn index_blocks_of(
+        &self,
+        event: &StoredBlocks<'_>,
+        index_block_size: usize,
+        end: &mut ChainEnd,
+    ) -> Option<Vec<Mapped>> {
+        let n = event.block_hashes.len();
+        let Some(tokens) = event.token_ids else {
+            // The hashes are index hashes, one index block per engine block.
+            let start = end.hashes.len();
+            end.hashes.extend_from_slice(event.block_hashes);
+            let one = |(i, &h): (usize, &u64)| Mapped {
+                index_hashes: SmallVec::from_slice(&[h]),
+                tail: Box::default(),
+                depth: (start + i) as u32,
+            };
+            return Some(event.block_hashes.iter().enumerate().map(one).collect());
+        };
+        let size = event.block_size;
+        let aligned = size > 0
+            && (size % index_block_size == 0 || index_block_size % size == 0)
+            && tokens.len() == n * size;
+        if !aligned {
+            return None;
+        }
+        let mut out = Vec::with_capacity(n);
+        for block in tokens.chunks_exact(size) {
+            let before = end.hashes.len();
+            let mut pending = std::mem::take(&mut end.tail);
+            pending.extend_from_slice(block);
+            let full = pending.len() / index_block_size * index_block_size;
+            let parent = end.hashes.last().copied().unwrap_or(event.seed);
+            extend_token_chain(&mut end.hashes, parent, &pending[..full], index_block_size);
+            end.tail = pending[full..].to_vec();
+            out.push(Mapped {
+                index_hashes: SmallVec::from_slice(&end.hashes[before..]),
+                tail: end.tail.clone().into_boxed_slice(),
+                depth: before as u32,
+            });
+        }
+        Some(out)
+    }
+
+    /// `gone` (sorted) and every block below one of them on `rank`, sorted: blocks below
+    /// a removed one are unreachable for the engine's prefix lookup, so they leave too.
+    fn with_descendants(&self, rank: u32, gone: Vec<EngineHash>) -> Vec<EngineHash> {
+        let blocks = &self.ranks[&rank].blocks;
+        if gone.iter().all(|h| blocks[h].children == 0) {
+            return gone;
+        }
+        // Rare (engines evict tail first): scans, repeated until nothing is added.
+        let mut out: std::collections::HashSet<EngineHash> = gone.into_iter().collect();
+        loop {
+            let before = out.len();
+            for (&h, b) in blocks {
+                if b.parent.is_some_and(|p| out.contains(&p)) {
+                    out.insert(h);
+                }
+            }
+            if out.len() == before {
+                break;
+            }
+        }
+        let mut out: Vec<EngineHash> = out.into_iter().collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Drops engine block `hash` from the map; pushes (sorted) the index hashes no
+    /// engine block of the node maps to any more.
+    fn forget_block(&mut self, rank: u32, hash: EngineHash, released: &mut Vec<u64>) {
+        let blocks = &mut self.ranks.get_mut(&rank).expect("rank present").blocks;
+        let Some(block) = blocks.remove(&hash) else {
+            return;
+        };
+        if let Some(parent) = block.parent.and_then(|p| blocks.get_mut(&p)) {
+            parent.children = parent.children.saturating_sub(1);
+        }
+        for h in block.index_hashes {
+            if let Some(count) = self.refs.get_mut(&h) {
+                *count -= 1;
+                if *count == 0 {
+                    self.refs.remove(&h);
+                    if let Err(i) = released.binary_search(&h) {
+                        released.insert(i, h);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Approximate bytes held (hashbrown: a key-value pair and a control byte per bucket).
+    pub fn bytes(&self) -> usize {
+        let per_rank: usize = (self.ranks.values())
+            .map(|r| {
+                let spilled: usize = (r.blocks.values())
+                    .map(|b| {
+                        b.tail.len() * size_of::<u32>()
+                            + if b.index_hashes.spilled() {
+                                b.index_hashes.capacity() * size_of::<u64>()
+                            } else {
+                                0
+                            }
+                    })
+                    .sum();
+                r.blocks.capacity() * (size_of::<(EngineHash, EngineBlock)>() + 1) + spilled
+            })
+            .sum();
+        per_rank + self.refs.capacity() * (size_of::<(u64, u32)>() + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests;

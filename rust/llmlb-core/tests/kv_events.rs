@@ -1,0 +1,285 @@
+//! Property tests of prefix credit under engine KV events: after any interleaving of
+//! routes, stores, removals, clears and guess expiry on two nodes, a node is never
+//! credited with a block its engine reported removed (and not stored again since).
+
+use std::collections::HashSet;
+
+use llmlb_core::hashing::HASH_SEED;
+use llmlb_core::{
+    Clock, KvEventsState, NodeSpec, Outcome, Prompt, RouteRequest, Router, RouterConfig,
+    StoredBlocks,
+};
+use proptest::prelude::*;
+
+const BLOCK: usize = 16;
+const WORDS: u8 = 3;
+const MAX_DEPTH: usize = 4;
+const NODES: [&str; 2] = ["a", "b"];
+const GUESS_TTL_S: f64 = 5.0;
+
+/// A prompt as its blocks: block `i` is word `path[i]` (16 tokens).
+type Path = Vec<u8>;
+
+fn tokens_of(path: &[u8]) -> Vec<u32> {
+    let block = |&w: &u8| (0..BLOCK as u32).map(move |j| u32::from(w) * 100 + j);
+    path.iter().flat_map(block).collect()
+}
+
+/// The engine's own hash of the block ending `path` (any injective function will do).
+fn engine_hash(path: &[u8]) -> u64 {
+    path.iter().fold(0xcbf2_9ce4_8422_2325, |h, &w| {
+        (h ^ (u64::from(w) + 1)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn universe() -> Vec<Path> {
+    let mut all: Vec<Path> = vec![vec![]];
+    let mut out = Vec::new();
+    for _ in 0..MAX_DEPTH {
+        all = (all.iter())
+            .flat_map(|p| (0..WORDS).map(move |w| [p.as_slice(), &[w]].concat()))
+            .collect();
+        out.extend(all.iter().cloned());
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Route {
+        node: usize,
+        path: Path,
+    },
+    Store {
+        node: usize,
+        path: Path,
+        depth: usize,
+    },
+    Remove {
+        node: usize,
+        path: Path,
+        at: usize,
+    },
+    Clear {
+        node: usize,
+    },
+    ExpireGuesses,
+}
+
+fn path() -> impl Strategy<Value = Path> {
+    prop::collection::vec(0..WORDS, 1..=MAX_DEPTH)
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..2usize, path()).prop_map(|(node, path)| Op::Route { node, path }),
+        4 => (0..2usize, path(), 1..=MAX_DEPTH).prop_map(|(node, path, depth)| {
+            let depth = depth.min(path.len());
+            Op::Store { node, path, depth }
+        }),
+        3 => (0..2usize, path(), 0..MAX_DEPTH).prop_map(|(node, path, at)| {
+            let at = at.min(path.len() - 1);
+            Op::Remove { node, path, at }
+        }),
+        1 => (0..2usize).prop_map(|node| Op::Clear { node }),
+        1 => Just(Op::ExpireGuesses),
+    ]
+}
+
+/// What each engine holds and what the router was told to guess, by block path.
+#[derive(Default)]
+struct Model {
+    engine: [HashSet<Path>; 2],
+    guesses: [HashSet<Path>; 2],
+}
+
+impl Model {
+    fn depth_in(set: &HashSet<Path>, path: &[u8]) -> u32 {
+        (1..=path.len())
+            .take_while(|&d| set.contains(&path[..d]))
+            .count() as u32
+    }
+
+    fn drop_below(set: &mut HashSet<Path>, block: &[u8]) {
+        set.retain(|p| !p.starts_with(block));
+    }
+}
+
+struct Harness {
+    router: Router,
+    model: Model,
+    /// Removals only of blocks nothing held hangs below (how engines evict).
+    leaves_only: bool,
+    now_s: f64,
+}
+
+impl Harness {
+    fn new(leaves_only: bool) -> Self {
+        let config = RouterConfig {
+            prefix_guess_ttl_s: GUESS_TTL_S,
+            ..RouterConfig::default()
+        };
+        let router = Router::with_clock(config, Clock::manual()).unwrap();
+        for id in NODES {
+            router
+                .upsert_node(NodeSpec::new(id, &format!("{id}:8000")))
+                .unwrap();
+            router.set_kv_events_state(id, KvEventsState::Live).unwrap();
+        }
+        Harness {
+            router,
+            model: Model::default(),
+            leaves_only,
+            now_s: 0.0,
+        }
+    }
+
+    fn request<'a>(tokens: &'a [u32], exclude: &'a [&'a str]) -> RouteRequest<'a> {
+        RouteRequest {
+            prompt: Prompt::Tokens(tokens),
+            exclude,
+            ..RouteRequest::text("")
+        }
+    }
+
+    /// (confirmed, guessed) blocks of `path` credited to `node`.
+    fn credit(&self, node: usize, path: &[u8]) -> (u32, u32) {
+        let tokens = tokens_of(path);
+        let credits = self.router.prefix_credit(&Self::request(&tokens, &[]));
+        let credit = (credits.unwrap().into_iter())
+            .find(|c| &*c.node_id == NODES[node])
+            .unwrap();
+        (credit.blocks, credit.guessed_blocks)
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Route { node, path } => self.route(*node, path),
+            Op::Store { node, path, depth } => self.store(*node, path, *depth),
+            Op::Remove { node, path, at } => self.remove(*node, &path[..=*at]),
+            Op::Clear { node } => {
+                self.router.kv_cache_cleared(NODES[*node], None).unwrap();
+                self.model.engine[*node].clear();
+                self.model.guesses[*node].clear();
+            }
+            Op::ExpireGuesses => {
+                // Guesses live one to two TTLs; each route may rotate a generation.
+                for _ in 0..2 {
+                    self.now_s += GUESS_TTL_S * 1.01;
+                    self.router.set_time_s(self.now_s).unwrap();
+                    let empty = RouteRequest {
+                        prompt: Prompt::Empty,
+                        ..RouteRequest::text("")
+                    };
+                    let decision = self.router.route(&empty).unwrap();
+                    self.router
+                        .complete(&decision.request_id, Outcome::Ok, None, 0, 0)
+                        .unwrap();
+                }
+                self.model.guesses.iter_mut().for_each(HashSet::clear);
+            }
+        }
+    }
+
+    fn route(&mut self, node: usize, path: &[u8]) {
+        let (confirmed, guessed) = self.credit(node, path);
+        let tokens = tokens_of(path);
+        let other = [NODES[1 - node]];
+        let decision = self.router.route(&Self::request(&tokens, &other)).unwrap();
+        assert_eq!(&*decision.node_id, NODES[node]);
+        assert_eq!(decision.matched_blocks, confirmed.max(guessed));
+        if (confirmed as usize) < path.len() {
+            let guesses = &mut self.model.guesses[node];
+            guesses.extend((1..=path.len()).map(|d| path[..d].to_vec()));
+        }
+    }
+
+    fn store(&mut self, node: usize, path: &[u8], depth: usize) {
+        let engine = &mut self.model.engine[node];
+        let held = Model::depth_in(engine, path) as usize;
+        if held >= depth {
+            return;
+        }
+        let hashes: Vec<u64> = (held + 1..=depth)
+            .map(|d| engine_hash(&path[..d]))
+            .collect();
+        let tokens = tokens_of(&path[held..depth]);
+        let parent = (held > 0).then(|| engine_hash(&path[..held]));
+        let event = StoredBlocks {
+            block_hashes: &hashes,
+            parent,
+            token_ids: Some(&tokens),
+            block_size: BLOCK,
+            seed: HASH_SEED,
+        };
+        let applied = (self.router)
+            .kv_blocks_stored(NODES[node], 0, &event, None)
+            .unwrap();
+        // Skipped only where the router dropped blocks below a removed one that the
+        // engine kept (evicting a parent before its children, which engines avoid).
+        if self.leaves_only {
+            assert_eq!(applied.skipped_events, 0);
+        }
+        engine.extend((held + 1..=depth).map(|d| path[..d].to_vec()));
+    }
+
+    fn remove(&mut self, node: usize, block: &[u8]) {
+        let engine = &mut self.model.engine[node];
+        let has_children = engine
+            .iter()
+            .any(|p| p.len() > block.len() && p.starts_with(block));
+        if !engine.contains(block) || (self.leaves_only && has_children) {
+            return;
+        }
+        let hash = [engine_hash(block)];
+        (self.router)
+            .kv_blocks_removed(NODES[node], 0, &hash, None)
+            .unwrap();
+        engine.remove(block);
+        Model::drop_below(&mut self.model.guesses[node], block);
+    }
+
+    fn check(&self, universe: &[Path]) {
+        for (node, name) in NODES.iter().enumerate() {
+            for path in universe {
+                let (confirmed, guessed) = self.credit(node, path);
+                let held = Model::depth_in(&self.model.engine[node], path);
+                assert!(
+                    confirmed <= held,
+                    "node {name} credited {confirmed} blocks of {path:?}; engine holds {held}"
+                );
+                if self.leaves_only {
+                    assert_eq!(confirmed, held, "node {name} path {path:?}");
+                    let guesses = Model::depth_in(&self.model.guesses[node], path);
+                    assert_eq!(guessed, guesses, "guesses: node {name} {path:?}");
+                }
+            }
+        }
+    }
+}
+
+fn run(ops: &[Op], leaves_only: bool) {
+    let universe = universe();
+    let mut harness = Harness::new(leaves_only);
+    for op in ops {
+        harness.apply(op);
+        harness.check(&universe);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Engines evict tail first: the credit equals what the engine holds, exactly, and
+    /// guesses are what was routed and not removed or expired since.
+    #[test]
+    fn credit_is_exact_when_engines_evict_leaves(ops in prop::collection::vec(op(), 1..40)) {
+        run(&ops, true);
+    }
+
+    /// Any removal order: never credited beyond what the engine holds.
+    #[test]
+    fn credit_never_covers_a_removed_block(ops in prop::collection::vec(op(), 1..40)) {
+        run(&ops, false);
+    }
+}
