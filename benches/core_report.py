@@ -1,8 +1,10 @@
 """Routing-core report: route() latency at 8/64/512 nodes with a 100k-entry prefix index,
 the same workload through the pure-Python model (tests/model.py) for the speed-up,
-throughput with 1, 2 and 4 Python threads, and memory per prefix entry.
+throughput with 1, 2 and 4 Python threads, memory per prefix entry, and memory per block
+credited from engine KV events (index entry plus the engine-hash map).
 
-Run: ``python benches/core_report.py`` (writes benches/results/core.json and core.png).
+Run: ``python benches/core_report.py`` (writes benches/results/core.json and core.png);
+``--only kv_memory`` reruns one section into the existing file.
 """
 
 from __future__ import annotations
@@ -100,6 +102,35 @@ def memory_per_entry(entries: int) -> dict[str, float]:
     }
 
 
+def memory_per_event_block(blocks: int, blocks_per_event: int = 64) -> dict[str, float]:
+    """Bytes per block a node's KV events credit: the index entry and the node's
+    engine-hash map entry (as they count themselves), and the process RSS growth."""
+    from array import array
+
+    router = Router(RouterConfig(prefix_cache_size=blocks * 2), [Node("a")])
+    router.set_kv_events_state("a", "live")
+    tokens_per_event = 16 * blocks_per_event
+    before = rss_bytes()
+    for event in range(blocks // blocks_per_event):
+        tokens = array("I", os.urandom(4 * tokens_per_event))
+        first = event * blocks_per_event
+        hashes = range(first, first + blocks_per_event)
+        router.kv_blocks_stored("a", hashes, None, tokens)
+    grown = rss_bytes() - before
+    index: dict[str, Any] = router.stats()["prefix_index"]  # type: ignore[assignment]
+    engine_blocks = router.nodes()[0].kv_engine_blocks
+    index_bytes = index["bytes"] / index["entries"]
+    engine_bytes = index["engine_map_bytes"] / engine_blocks
+    return {
+        "blocks": engine_blocks,
+        "index_entries": index["entries"],
+        "index_bytes_per_block": index_bytes,
+        "engine_map_bytes_per_block": engine_bytes,
+        "bytes_per_block": index_bytes + engine_bytes,
+        "rss_bytes_per_block": grown / engine_blocks,
+    }
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -131,7 +162,18 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=20_000, help="timed route() calls per size")
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput run")
     parser.add_argument("--out", type=Path, default=RESULTS / "core.json")
+    parser.add_argument(
+        "--only",
+        choices=["kv_memory"],
+        help="rerun one section and merge it into the existing --out file",
+    )
     args = parser.parse_args()
+    if args.only == "kv_memory":
+        results = json.loads(args.out.read_text())
+        results["kv_events_memory"] = memory_per_event_block(1_000_000)
+        print(f"kv events memory: {results['kv_events_memory']}")
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
 
     results: dict[str, Any] = {
         "machine": platform.processor() or platform.machine(),
@@ -156,6 +198,8 @@ def main() -> int:
             print(f"pure-Python model p50 {model_p50:.1f} µs", flush=True)
     results["memory"] = memory_per_entry(500_000)
     print(f"memory: {results['memory']}")
+    results["kv_events_memory"] = memory_per_event_block(1_000_000)
+    print(f"kv events memory: {results['kv_events_memory']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.out.with_suffix(".png"))

@@ -12,8 +12,10 @@ __all__ = [
     "BlockCache",
     "CandidateScore",
     "Completion",
+    "KvEventsOutcome",
     "Node",
     "NodeStatus",
+    "PrefixCredit",
     "RouteDecision",
     "Router",
     "RouterConfig",
@@ -73,6 +75,7 @@ class RouterConfig:
         char_block_size: int | None = ...,
         chars_per_token: float | None = ...,
         prefix_cache_size: int | None = ...,
+        prefix_guess_ttl_s: float | None = ...,
         metrics_ttl_s: float | None = ...,
         request_ttl_s: float | None = ...,
         load_balance_window_s: float | None = ...,
@@ -95,6 +98,8 @@ class RouterConfig:
     def chars_per_token(self) -> float: ...
     @property
     def prefix_cache_size(self) -> int: ...
+    @property
+    def prefix_guess_ttl_s(self) -> float: ...
     @property
     def metrics_ttl_s(self) -> float: ...
     @property
@@ -185,6 +190,12 @@ class NodeStatus:
     def metrics_fresh(self) -> bool: ...
     @property
     def prefix_blocks(self) -> int: ...
+    @property
+    def kv_events_state(self) -> str:
+        """Where the node's prefix credit comes from: "off", "live" or "unconfirmed"."""
+    @property
+    def kv_engine_blocks(self) -> int:
+        """Engine blocks the router knows the node holds (from its KV events)."""
 
 @final
 class CandidateScore:
@@ -240,6 +251,48 @@ class Completion:
     @property
     def consecutive_failures(self) -> int: ...
 
+_EngineBlockHash = int | bytes
+"""An engine's own block hash: an int, or bytes (vLLM's default ``sha256`` hashes)."""
+
+@final
+class KvEventsOutcome:
+    """What a ``KVEventBatch`` or a single event did to a node's engine map."""
+
+    @property
+    def stored_blocks(self) -> int: ...
+    @property
+    def removed_blocks(self) -> int: ...
+    @property
+    def skipped_events(self) -> int:
+        """Events not placed: a parent never stored, tokens that do not fill the blocks,
+        a block size the index cannot align with."""
+    @property
+    def offloaded_blocks(self) -> int:
+        """Blocks of a tier below the GPU (counted, not credited)."""
+    @property
+    def cleared(self) -> int: ...
+    @property
+    def unknown_events(self) -> int: ...
+    @property
+    def data_parallel_rank(self) -> int | None: ...
+    @property
+    def ts(self) -> float: ...
+
+@final
+class PrefixCredit:
+    """How many leading blocks of a prompt a node is credited with."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def blocks(self) -> int:
+        """By the main index: confirmed by the node's KV events, or routed there when the
+        node publishes none."""
+    @property
+    def guessed_blocks(self) -> int:
+        """Routed to a node with live KV events, not confirmed yet (expires after one to
+        two ``prefix_guess_ttl_s``)."""
+
 @final
 class Router:
     def __new__(
@@ -276,6 +329,56 @@ class Router:
     ) -> None: ...
     def clear_node_cache(self, node_id: str) -> None: ...
     def set_breaker_state(self, node_id: str, state: str) -> str: ...
+    def set_kv_events_state(self, node_id: str, state: str) -> str:
+        """ "off" (credit from routed prompts), "live" (from the engine's KV events;
+        routed prompts are guesses that expire) or "unconfirmed" (events were lost:
+        scored as guesses until the stream is whole). Returns the previous state."""
+    def kv_blocks_stored(
+        self,
+        node_id: str,
+        block_hashes: Sequence[_EngineBlockHash],
+        parent_block_hash: _EngineBlockHash | None = None,
+        token_ids: Sequence[int] | Buffer | None = None,
+        *,
+        block_size: int | None = None,
+        model: str | None = None,
+        lora_name: str | None = None,
+        medium: str | None = None,
+        rank: int = 0,
+    ) -> KvEventsOutcome:
+        """One ``BlockStored``. With ``token_ids`` (``block_size`` per block, default
+        ``token_block_size``) the hashes are the engine's own and the tokens place them
+        in the router's chains (seeded by ``model`` and ``lora_name``); without, the
+        hashes are the router's chain hashes. A ``medium`` other than GPU is counted,
+        not credited."""
+    def kv_blocks_removed(
+        self,
+        node_id: str,
+        block_hashes: Sequence[_EngineBlockHash],
+        *,
+        medium: str | None = None,
+        rank: int = 0,
+    ) -> KvEventsOutcome:
+        """One ``BlockRemoved``: the node loses those blocks and every block below."""
+    def kv_cache_cleared(self, node_id: str, *, rank: int | None = None) -> None:
+        """``AllBlocksCleared`` on one data-parallel rank (None: every rank)."""
+    def apply_kv_event_batch(
+        self, node_id: str, payload: bytes, *, model: str | None = None
+    ) -> KvEventsOutcome:
+        """Decodes and applies one msgpack ``KVEventBatch`` (vLLM's map or array
+        encoding, SGLang's arrays); ``model`` seeds the chains. A malformed payload
+        raises InvalidInputError and changes nothing."""
+    def prefix_credit(
+        self,
+        prompt: str | None = None,
+        *,
+        token_ids: Sequence[int] | Buffer | None = None,
+        block_hashes: Sequence[int] | None = None,
+        prompt_tokens: int | None = None,
+        model: str | None = None,
+        adapter: str | None = None,
+    ) -> dict[str, PrefixCredit]:
+        """Each node's credit for a prompt (given as to ``route``), by node id."""
     def route(
         self,
         prompt: str | None = None,

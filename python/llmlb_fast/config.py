@@ -52,11 +52,40 @@ def _parse_duration(value: object) -> object:
 
 
 Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+_ZMQ_ENDPOINT = re.compile(
+    r"^(tcp://(\[[0-9a-fA-F:.]+\]|[^*:/\s\[\]]+):[0-9]{1,5}|ipc://\S+|inproc://\S+)$"
+)
 ModelName = Annotated[str, Field(min_length=1)]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KvEventsConfig(_Strict):
+    """Where a node's engine publishes its KV-cache events (vLLM's or SGLang's ZMQ
+    publisher): with it, the node's prefix credit is what its engine says it holds."""
+
+    # The engine's PUB socket, e.g. tcp://10.0.0.5:5557 (vLLM's `endpoint`, as the
+    # router reaches it: tcp://*:5557 on the engine is tcp://<engine host>:5557 here).
+    endpoint: str = Field(min_length=1)
+    topic: str = ""
+    # vLLM's ROUTER socket that resends missed batches; None: gaps are not repaired.
+    replay_endpoint: str | None = Field(default=None, min_length=1)
+    # Model (and so chain seed) of the node's blocks; None: the node's single model.
+    model: str | None = None
+    # vLLM publishes rank r of a data-parallel engine on the endpoint's port + r.
+    data_parallel_size: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("endpoint", "replay_endpoint")
+    @classmethod
+    def _zmq_endpoint(cls, endpoint: str | None) -> str | None:
+        if endpoint is not None and not _ZMQ_ENDPOINT.match(endpoint):
+            raise ValueError(
+                f"{endpoint!r} is not a ZMQ endpoint to connect to "
+                "(tcp://host:port, ipc://path or inproc://name)"
+            )
+        return endpoint
 
 
 class NodeConfig(_Strict):
@@ -70,6 +99,7 @@ class NodeConfig(_Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     # Models the node serves; empty: any model.
     models: list[ModelName] = Field(default_factory=list)
+    kv_events: KvEventsConfig | None = None
 
     def to_node(self) -> Node:
         return Node(
@@ -102,6 +132,9 @@ class WeightsConfig(_Strict):
 
 class SchedulingConfig(_Strict):
     prefix_cache_size: int = Field(default=CORE_DEFAULTS.prefix_cache_size, gt=0)
+    # How long a prompt routed to a node with live KV events counts as cached there
+    # before its engine confirms it (a guess lives one to two of these).
+    prefix_guess_ttl: Seconds = CORE_DEFAULTS.prefix_guess_ttl_s
     token_block_size: int = Field(default=CORE_DEFAULTS.token_block_size, gt=0)
     char_block_size: int = Field(default=CORE_DEFAULTS.char_block_size, gt=0)
     chars_per_token: float = Field(default=CORE_DEFAULTS.chars_per_token, gt=0)
@@ -327,6 +360,7 @@ class ServiceConfig(_Strict):
             char_block_size=s.char_block_size,
             chars_per_token=s.chars_per_token,
             prefix_cache_size=s.prefix_cache_size,
+            prefix_guess_ttl_s=s.prefix_guess_ttl,
             metrics_ttl_s=self.timeouts.metrics_ttl,
             request_ttl_s=self.timeouts.request,
             load_balance_window_s=self.load_balance_window,

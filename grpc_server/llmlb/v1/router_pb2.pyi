@@ -210,11 +210,27 @@ class NodeSpec(_message.Message):
     models: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., peak_tflops: _Optional[float] = ..., gpu_memory_bytes: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., prefill_tokens_per_s: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class KvEventsSource(_message.Message):
+    __slots__ = ("endpoint", "topic", "replay_endpoint", "model", "data_parallel_size")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DATA_PARALLEL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    topic: str
+    replay_endpoint: str
+    model: str
+    data_parallel_size: int
+    def __init__(self, endpoint: _Optional[str] = ..., topic: _Optional[str] = ..., replay_endpoint: _Optional[str] = ..., model: _Optional[str] = ..., data_parallel_size: _Optional[int] = ...) -> None: ...
+
 class RegisterNodeRequest(_message.Message):
-    __slots__ = ("node",)
+    __slots__ = ("node", "kv_events")
     NODE_FIELD_NUMBER: _ClassVar[int]
+    KV_EVENTS_FIELD_NUMBER: _ClassVar[int]
     node: NodeSpec
-    def __init__(self, node: _Optional[_Union[NodeSpec, _Mapping]] = ...) -> None: ...
+    kv_events: KvEventsSource
+    def __init__(self, node: _Optional[_Union[NodeSpec, _Mapping]] = ..., kv_events: _Optional[_Union[KvEventsSource, _Mapping]] = ...) -> None: ...
 
 class RegisterNodeResponse(_message.Message):
     __slots__ = ("created",)
@@ -239,7 +255,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeState(_message.Message):
-    __slots__ = ("node", "in_flight", "routed_total", "breaker_state", "consecutive_failures", "backlog_tokens", "metrics_fresh", "metrics_age_seconds", "prefix_blocks", "metrics")
+    __slots__ = ("node", "in_flight", "routed_total", "breaker_state", "consecutive_failures", "backlog_tokens", "metrics_fresh", "metrics_age_seconds", "prefix_blocks", "metrics", "kv_events_state", "kv_engine_blocks")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +273,8 @@ class NodeState(_message.Message):
     METRICS_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    KV_EVENTS_STATE_FIELD_NUMBER: _ClassVar[int]
+    KV_ENGINE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     node: NodeSpec
     in_flight: int
     routed_total: int
@@ -267,7 +285,9 @@ class NodeState(_message.Message):
     metrics_age_seconds: float
     prefix_blocks: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, node: _Optional[_Union[NodeSpec, _Mapping]] = ..., in_flight: _Optional[int] = ..., routed_total: _Optional[int] = ..., breaker_state: _Optional[str] = ..., consecutive_failures: _Optional[int] = ..., backlog_tokens: _Optional[float] = ..., metrics_fresh: _Optional[bool] = ..., metrics_age_seconds: _Optional[float] = ..., prefix_blocks: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    kv_events_state: str
+    kv_engine_blocks: int
+    def __init__(self, node: _Optional[_Union[NodeSpec, _Mapping]] = ..., in_flight: _Optional[int] = ..., routed_total: _Optional[int] = ..., breaker_state: _Optional[str] = ..., consecutive_failures: _Optional[int] = ..., backlog_tokens: _Optional[float] = ..., metrics_fresh: _Optional[bool] = ..., metrics_age_seconds: _Optional[float] = ..., prefix_blocks: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., kv_events_state: _Optional[str] = ..., kv_engine_blocks: _Optional[int] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)

@@ -19,8 +19,9 @@ from typing import NamedTuple
 
 from llmlb_fast import errors
 from llmlb_fast._core import Completion, Node, NodeStatus, RouteDecision, Router
-from llmlb_fast.config import ServiceConfig, destructive_changes
+from llmlb_fast.config import KvEventsConfig, ServiceConfig, destructive_changes
 from llmlb_fast.errors import ConfigError, LlmlbError
+from llmlb_fast.kv_events import KvEventIngest, KvEventSource
 from llmlb_fast.service.alerts import WebhookAlerter
 from llmlb_fast.service.breakers import BreakerBoard
 from llmlb_fast.service.canary import CanarySplit
@@ -87,6 +88,12 @@ class RoutingService:
         self.alerter = WebhookAlerter(config.alerts.webhook_url, config.alerts.timeout)
         self.bus.add_listener(self.telemetry.observe_event)
         self.bus.add_listener(self.alerter.on_event)
+        # Nodes whose engines publish KV events: from the config and from registrations.
+        self.kv_events = KvEventIngest(self.router)
+        self.telemetry.watch_kv_events(self.kv_events)
+        self._registered_kv_sources: dict[str, KvEventSource] = {}
+        self._config_kv_sources = kv_sources_of(config)
+        self._sync_kv_sources()
         # Set once when the server starts stopping; every transport refuses new work.
         self.draining = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -182,11 +189,23 @@ class RoutingService:
 
     # --- nodes and metrics --------------------------------------------------------
 
-    def register_node(self, node: Node) -> bool:
-        return self.router.upsert_node(node)
+    def register_node(self, node: Node, kv_events: KvEventsConfig | None = None) -> bool:
+        """Adds or updates a node; with ``kv_events`` its engine's event stream is
+        followed (a registration without it stops following a registered stream)."""
+        created = self.router.upsert_node(node)
+        source = kv_source_of(node.id, node.models, kv_events)
+        if source is not None:
+            self._registered_kv_sources[node.id] = source
+        else:
+            self._registered_kv_sources.pop(node.id, None)
+        self._sync_kv_sources()
+        return created
 
     def deregister_node(self, node_id: str) -> list[str]:
         in_flight = self.router.remove_node(node_id)
+        self._registered_kv_sources.pop(node_id, None)
+        self._config_kv_sources.pop(node_id, None)
+        self._sync_kv_sources()
         self.breakers.forget(node_id)
         self.telemetry.engine_hit_rates.pop(node_id, None)
         self.config_node_ids.discard(node_id)
@@ -236,6 +255,8 @@ class RoutingService:
             with contextlib.suppress(KeyError):
                 orphaned.extend(self.deregister_node(node_id))
         self.config_node_ids = new_ids
+        self._config_kv_sources = kv_sources_of(new)
+        self._sync_kv_sources()
         self.breakers.reconfigure(new.breaker)
         self.canary = _canary_of(new)
         self.alerter.url = new.alerts.webhook_url
@@ -261,6 +282,12 @@ class RoutingService:
             log.warning("config reload: %s", note)
         return notes
 
+    def _sync_kv_sources(self) -> None:
+        # A node named in the config takes its source from there.
+        self.kv_events.set_sources(
+            {**self._registered_kv_sources, **self._config_kv_sources}.values()
+        )
+
     def reject_config(self, error: ConfigError) -> None:
         self.bus.publish(Event(kind=CONFIG_REJECTED, reason=str(error)))
 
@@ -268,6 +295,7 @@ class RoutingService:
 
     def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_expired())
+        self.kv_events.start()
 
     async def _sweep_expired(self) -> None:
         while True:
@@ -284,4 +312,28 @@ class RoutingService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         self.breakers.close()
+        await asyncio.to_thread(self.kv_events.stop)
         await self.alerter.drain()
+
+
+def kv_source_of(
+    node_id: str, models: Sequence[str], settings: KvEventsConfig | None
+) -> KvEventSource | None:
+    """The node's event stream; its model seeds the chains (the node's only model when
+    ``kv_events.model`` is not set: requests are hashed with the model they name)."""
+    if settings is None:
+        return None
+    model = settings.model or (models[0] if len(models) == 1 else None)
+    return KvEventSource(
+        node_id=node_id,
+        endpoint=settings.endpoint,
+        topic=settings.topic,
+        replay_endpoint=settings.replay_endpoint,
+        model=model,
+        data_parallel_size=settings.data_parallel_size,
+    )
+
+
+def kv_sources_of(config: ServiceConfig) -> dict[str, KvEventSource]:
+    sources = {node.id: kv_source_of(node.id, node.models, node.kv_events) for node in config.nodes}
+    return {node_id: source for node_id, source in sources.items() if source is not None}

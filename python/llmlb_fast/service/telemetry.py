@@ -12,10 +12,11 @@ from collections.abc import Iterable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from llmlb_fast._core import Router
+from llmlb_fast.kv_events import KvEventIngest
 from llmlb_fast.service.events import (
     BREAKER_CLOSED,
     BREAKER_HALF_OPENED,
@@ -26,6 +27,7 @@ from llmlb_fast.service.events import (
 )
 
 BREAKER_STATE_VALUE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+KV_EVENTS_STATE_VALUE = {"off": 0.0, "live": 1.0, "unconfirmed": 2.0}
 _ROUTE_LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
 )  # fmt: skip
@@ -69,6 +71,56 @@ class _RouterCollector(Collector):
         return [gpu, in_flight, breaker, hit_rate]
 
 
+class _KvEventsCollector(Collector):
+    """The KV-event streams' counters and each node's event state, read when scraped."""
+
+    def __init__(self, router: Router, ingest: KvEventIngest) -> None:
+        self._router = router
+        self._ingest = ingest
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        state = GaugeMetricFamily(
+            "llmlb_kv_events_state",
+            "Where the node's prefix credit comes from: 0 routed prompts (no events), "
+            "1 its engine's KV events, 2 events unconfirmed (stream broken)",
+            labels=["node"],
+        )
+        engine_blocks = GaugeMetricFamily(
+            "llmlb_kv_engine_blocks", "Engine blocks the node's KV events say it holds",
+            labels=["node"],
+        )  # fmt: skip
+        for status in self._router.nodes():
+            state.add_metric([status.id], KV_EVENTS_STATE_VALUE[status.kv_events_state])
+            engine_blocks.add_metric([status.id], status.kv_engine_blocks)
+        batches = CounterMetricFamily(
+            "llmlb_kv_event_batches", "KV event batches applied", labels=["node"]
+        )
+        blocks = CounterMetricFamily(
+            "llmlb_kv_event_blocks", "Blocks in applied KV events, by kind", labels=["node", "kind"]
+        )
+        errors = CounterMetricFamily(
+            "llmlb_kv_event_errors",
+            "KV event stream faults: malformed, gap, publisher_restart, publisher_dead, "
+            "skipped_event, unknown_event, unknown_node",
+            labels=["node", "kind"],
+        )
+        replays = CounterMetricFamily(
+            "llmlb_kv_event_replays",
+            "Replay requests and how they ended",
+            labels=["node", "outcome"],
+        )
+        for node_id, stats in list(self._ingest.stats.items()):
+            batches.add_metric([node_id], stats.batches)
+            for family, counts in (
+                (blocks, stats.blocks),
+                (errors, stats.errors),
+                (replays, stats.replays),
+            ):
+                for kind, value in list(counts.items()):
+                    family.add_metric([node_id, kind], value)
+        return [state, engine_blocks, batches, blocks, errors, replays]
+
+
 class Telemetry:
     def __init__(self, router: Router, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -109,6 +161,7 @@ class Telemetry:
         self.metric_samples = Counter(
             "llmlb_metric_samples", "Metric samples received from agents", ["node"], registry=r
         )
+        self._router = router
         self.registry.register(_RouterCollector(router, self.engine_hit_rates))
         self._http: tuple[WSGIServer, threading.Thread] | None = None
         # Labelled children cached per label values: ``.labels()`` costs microseconds
@@ -117,6 +170,9 @@ class Telemetry:
         self._completion_children: dict[tuple[str, str], Counter] = {}
         self._timeout_children: dict[str, Counter] = {}
         self._ttft_children: dict[str, Histogram] = {}
+
+    def watch_kv_events(self, ingest: KvEventIngest) -> None:
+        self.registry.register(_KvEventsCollector(self._router, ingest))
 
     def observe_route(self, policy: str, reason: str, seconds: float) -> None:
         children = self._route_children.get((policy, reason))

@@ -13,6 +13,7 @@ import grpc
 from grpc_server.llmlb.v1 import router_pb2 as pb
 from grpc_server.llmlb.v1 import router_pb2_grpc as pb_grpc
 from llmlb_fast._core import METRIC_FIELDS, Completion, Node, NodeStatus, RouteDecision
+from llmlb_fast.config import KvEventsConfig
 from llmlb_fast.errors import (
     DuplicateRequestError,
     LlmlbError,
@@ -123,6 +124,18 @@ def node_from_spec(spec: pb.NodeSpec) -> Node:
     )
 
 
+def kv_events_from(request: pb.RegisterNodeRequest) -> KvEventsConfig:
+    """Raises ValueError (pydantic's ValidationError) naming what is wrong."""
+    source = request.kv_events
+    return KvEventsConfig(
+        endpoint=source.endpoint,
+        topic=source.topic,
+        replay_endpoint=source.replay_endpoint if source.HasField("replay_endpoint") else None,
+        model=source.model if source.HasField("model") else None,
+        data_parallel_size=source.data_parallel_size or 1,
+    )
+
+
 def node_spec(node: Node) -> pb.NodeSpec:
     return pb.NodeSpec(
         id=node.id,
@@ -149,6 +162,8 @@ def node_state(status: NodeStatus) -> pb.NodeState:
         metrics_age_seconds=status.metrics_age_s,
         prefix_blocks=status.prefix_blocks,
         metrics=status.metrics or {},
+        kv_events_state=status.kv_events_state,
+        kv_engine_blocks=status.kv_engine_blocks,
     )
 
 
@@ -288,7 +303,9 @@ class RouterServicer(pb_grpc.RouterServicer):
     ) -> pb.RegisterNodeResponse:
         await self._authorize(context)
         try:
-            created = self.service.register_node(node_from_spec(request.node))
+            node = node_from_spec(request.node)
+            kv_events = kv_events_from(request) if request.HasField("kv_events") else None
+            created = self.service.register_node(node, kv_events)
         except (LlmlbError, ValueError, TypeError, OverflowError) as error:
             await _abort(context, error)
         return pb.RegisterNodeResponse(created=created)

@@ -390,9 +390,9 @@ impl Router {
         })
     }
 
-    /// Credits the chosen node with the prompt: a guess that expires, when its engine's
-    /// events are live and can confirm it (token chains, not text); else an entry of the
-    /// main index, as with no events.
+    /// Credits the chosen node with the prompt: a guess that expires, when its engine
+    /// publishes events that can confirm it (token chains, not text); else an entry of
+    /// the main index, as with no events.
     fn credit_routed(
         &self,
         node: &NodeEntry,
@@ -404,7 +404,7 @@ impl Router {
         if confirmed as usize >= hashes.len() {
             return;
         }
-        if !text && node.live.kv_events() == KvEventsState::Live {
+        if !text && node.live.kv_events() != KvEventsState::Off {
             self.guesses
                 .insert(hashes, node.slot, node.incarnation, now);
         } else {

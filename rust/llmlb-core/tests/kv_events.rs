@@ -283,3 +283,24 @@ proptest! {
         run(&ops, false);
     }
 }
+
+/// A broken stream: what the engine confirmed turns into guesses that expire; events
+/// arriving afterwards are confirmed again.
+#[test]
+fn unconfirmed_nodes_keep_their_credit_as_expiring_guesses() {
+    let mut harness = Harness::new(true);
+    let path: Path = vec![0, 1, 2];
+    harness.store(0, &path, 3);
+    assert_eq!(harness.credit(0, &path), (3, 0));
+    let router = &harness.router;
+    let previous = router.set_kv_events_state("a", KvEventsState::Unconfirmed);
+    assert_eq!(previous.unwrap(), KvEventsState::Live);
+    assert_eq!(harness.credit(0, &path), (0, 3));
+    assert_eq!(router.node_statuses()[0].kv_engine_blocks, 0);
+    harness.apply(&Op::ExpireGuesses);
+    assert_eq!(harness.credit(0, &path), (0, 0));
+    // The engine map restarted empty; new stores are confirmed again.
+    harness.model.engine[0].clear();
+    harness.store(0, &[2], 1);
+    assert_eq!(harness.credit(0, &[2]), (1, 0));
+}

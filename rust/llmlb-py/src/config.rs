@@ -45,6 +45,7 @@ impl RouterConfig {
         char_block_size = None,
         chars_per_token = None,
         prefix_cache_size = None,
+        prefix_guess_ttl_s = None,
         metrics_ttl_s = None,
         request_ttl_s = None,
         load_balance_window_s = None,
@@ -64,6 +65,7 @@ impl RouterConfig {
         char_block_size: Option<usize>,
         chars_per_token: Option<f64>,
         prefix_cache_size: Option<usize>,
+        prefix_guess_ttl_s: Option<f64>,
         metrics_ttl_s: Option<f64>,
         request_ttl_s: Option<f64>,
         load_balance_window_s: Option<f64>,
@@ -84,6 +86,7 @@ impl RouterConfig {
         given(&mut inner.char_block_size, char_block_size);
         given(&mut inner.chars_per_token, chars_per_token);
         given(&mut inner.prefix_cache_size, prefix_cache_size);
+        given(&mut inner.prefix_guess_ttl_s, prefix_guess_ttl_s);
         given(&mut inner.metrics_ttl_s, metrics_ttl_s);
         given(&mut inner.request_ttl_s, request_ttl_s);
         given(&mut inner.load_balance_window_s, load_balance_window_s);
@@ -129,6 +132,10 @@ impl RouterConfig {
     #[getter]
     fn prefix_cache_size(&self) -> usize {
         self.inner.prefix_cache_size
+    }
+    #[getter]
+    fn prefix_guess_ttl_s(&self) -> f64 {
+        self.inner.prefix_guess_ttl_s
     }
     #[getter]
     fn metrics_ttl_s(&self) -> f64 {
@@ -213,12 +220,13 @@ impl RouterConfig {
     }
 }
 
-const FIELDS: [&str; 13] = [
+const FIELDS: [&str; 14] = [
     "policy",
     "token_block_size",
     "char_block_size",
     "chars_per_token",
     "prefix_cache_size",
+    "prefix_guess_ttl_s",
     "metrics_ttl_s",
     "request_ttl_s",
     "load_balance_window_s",

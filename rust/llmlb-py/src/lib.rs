@@ -5,6 +5,7 @@ mod config;
 mod decision;
 mod errors;
 mod hashing;
+mod kv_events;
 mod node;
 mod prompt_args;
 mod router;
@@ -20,6 +21,8 @@ mod _core {
     use super::decision::{CandidateScore, Completion, RouteDecision};
     #[pymodule_export]
     use super::hashing::{chain_seed, hash_token_blocks};
+    #[pymodule_export]
+    use super::kv_events::{KvEventsOutcome, PrefixCredit};
     #[pymodule_export]
     use super::node::{memory_usage, Node, NodeStatus};
     #[pymodule_export]

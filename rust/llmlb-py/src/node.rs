@@ -182,6 +182,16 @@ impl NodeStatus {
     fn prefix_blocks(&self) -> u32 {
         self.status.prefix_blocks
     }
+    /// Where the node's prefix credit comes from: "off", "live" or "unconfirmed".
+    #[getter]
+    fn kv_events_state(&self) -> &'static str {
+        self.status.kv_events.as_str()
+    }
+    /// Engine blocks the router knows the node holds (from its KV events).
+    #[getter]
+    fn kv_engine_blocks(&self) -> u64 {
+        self.status.kv_engine_blocks
+    }
 
     fn __repr__(&self) -> String {
         format!(

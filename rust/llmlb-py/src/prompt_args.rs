@@ -7,6 +7,8 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyMemoryView, PyTuple};
 
+use llmlb_core as core;
+
 use crate::errors::invalid_input;
 
 /// Token ids as u32, with a clear error for anything else.
@@ -124,4 +126,33 @@ fn checked<T: Into<i128>, const N: usize>(
         ids.push(token_id(i, int(item).into())?);
     }
     Ok(ids)
+}
+
+/// The prompt of a `route`-style call: one of text, token ids and block hashes (with
+/// `prompt_tokens` only beside hashes; default a full block per hash), or none.
+pub(crate) fn prompt<'a>(
+    text: Option<&'a str>,
+    tokens: &'a Option<Vec<u32>>,
+    block_hashes: &'a Option<Vec<u64>>,
+    prompt_tokens: Option<u32>,
+    block_size: usize,
+) -> PyResult<core::Prompt<'a>> {
+    if prompt_tokens.is_some() && block_hashes.is_none() {
+        return Err(invalid_input("prompt_tokens goes with block_hashes"));
+    }
+    Ok(match (text, tokens, block_hashes) {
+        (Some(text), None, None) => core::Prompt::Text(text),
+        (None, Some(tokens), None) => core::Prompt::Tokens(tokens),
+        (None, None, Some(hashes)) => core::Prompt::Hashes {
+            hashes,
+            prompt_tokens: prompt_tokens
+                .unwrap_or((hashes.len() * block_size).try_into().unwrap_or(u32::MAX)),
+        },
+        (None, None, None) => core::Prompt::Empty,
+        _ => {
+            return Err(invalid_input(
+                "give one of prompt, token_ids and block_hashes",
+            ))
+        }
+    })
 }

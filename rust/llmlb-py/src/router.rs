@@ -2,6 +2,8 @@
 //! index work, sweeps, snapshots) run detached from the interpreter; so does `route`,
 //! so that several Python threads can route at once.
 
+use std::collections::BTreeMap;
+
 use llmlb_core as core;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
@@ -9,6 +11,7 @@ use pyo3::types::{PyDict, PyString};
 use crate::config::RouterConfig;
 use crate::decision::{Completion, RouteDecision};
 use crate::errors::{invalid_input, to_py, IntoPyResult};
+use crate::kv_events::{self, KvEventsOutcome, PrefixCredit};
 use crate::node::{Node, NodeStatus};
 use crate::prompt_args;
 
@@ -128,6 +131,153 @@ impl Router {
         py.detach(|| self.inner.clear_node_cache(node_id)).py_err()
     }
 
+    /// Sets where a node's prefix credit comes from: "off" (routed prompts, as with no
+    /// events), "live" (its engine's KV events; routed prompts are guesses that expire)
+    /// or "unconfirmed" (events were lost: its entries score as guesses until the
+    /// stream is whole again). Returns the previous state.
+    fn set_kv_events_state(&self, node_id: &str, state: &str) -> PyResult<&'static str> {
+        let parsed = core::KvEventsState::parse(state).ok_or_else(|| {
+            invalid_input(format!(
+                "kv events state {state:?} is not one of \"off\", \"live\", \"unconfirmed\""
+            ))
+        })?;
+        let previous = self.inner.set_kv_events_state(node_id, parsed).py_err()?;
+        Ok(previous.as_str())
+    }
+
+    /// Applies one `BlockStored` event of a node's engine. With `token_ids`, the engine's
+    /// hashes are its own (ints or bytes) and the tokens (`block_size` per block; default
+    /// the router's `token_block_size`) place them in the router's chains, seeded by
+    /// `model` and `lora_name`; without, `block_hashes` are the router's chain hashes.
+    #[pyo3(signature = (
+        node_id,
+        block_hashes,
+        parent_block_hash = None,
+        token_ids = None,
+        *,
+        block_size = None,
+        model = None,
+        lora_name = None,
+        medium = None,
+        rank = 0,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn kv_blocks_stored(
+        &self,
+        py: Python<'_>,
+        node_id: &str,
+        block_hashes: &Bound<'_, PyAny>,
+        parent_block_hash: Option<&Bound<'_, PyAny>>,
+        token_ids: Option<&Bound<'_, PyAny>>,
+        block_size: Option<usize>,
+        model: Option<&str>,
+        lora_name: Option<&str>,
+        medium: Option<&str>,
+        rank: u32,
+    ) -> PyResult<KvEventsOutcome> {
+        let hashes = kv_events::engine_hashes(block_hashes)?;
+        let parent = parent_block_hash
+            .map(kv_events::engine_hash)
+            .transpose()
+            .map_err(|e| invalid_input(format!("parent_block_hash: {e}")))?;
+        let tokens = token_ids.map(prompt_args::token_ids).transpose()?;
+        let block_size = block_size.unwrap_or(self.inner.config().token_block_size);
+        if block_size == 0 {
+            return Err(invalid_input("block_size must be >= 1"));
+        }
+        let event = core::StoredBlocks {
+            block_hashes: &hashes,
+            parent,
+            token_ids: tokens.as_deref(),
+            block_size,
+            seed: core::hashing::chain_seed(model, lora_name),
+        };
+        let applied = py
+            .detach(|| self.inner.kv_blocks_stored(node_id, rank, &event, medium))
+            .py_err()?;
+        Ok(applied.into())
+    }
+
+    /// Applies one `BlockRemoved` event of a node's engine (hashes as in
+    /// `kv_blocks_stored`): the node loses those blocks and every block below them.
+    #[pyo3(signature = (node_id, block_hashes, *, medium = None, rank = 0))]
+    fn kv_blocks_removed(
+        &self,
+        py: Python<'_>,
+        node_id: &str,
+        block_hashes: &Bound<'_, PyAny>,
+        medium: Option<&str>,
+        rank: u32,
+    ) -> PyResult<KvEventsOutcome> {
+        let hashes = kv_events::engine_hashes(block_hashes)?;
+        let applied = py
+            .detach(|| self.inner.kv_blocks_removed(node_id, rank, &hashes, medium))
+            .py_err()?;
+        Ok(applied.into())
+    }
+
+    /// Applies `AllBlocksCleared` on one data-parallel rank (None: every rank, e.g. the
+    /// engine restarted).
+    #[pyo3(signature = (node_id, *, rank = None))]
+    fn kv_cache_cleared(&self, py: Python<'_>, node_id: &str, rank: Option<u32>) -> PyResult<()> {
+        py.detach(|| self.inner.kv_cache_cleared(node_id, rank))
+            .py_err()
+    }
+
+    /// Decodes one msgpack `KVEventBatch` payload (vLLM's or SGLang's encoding) and
+    /// applies it to the node; `model` seeds the chains. A malformed payload raises
+    /// `InvalidInputError` and changes nothing.
+    #[pyo3(signature = (node_id, payload, *, model = None))]
+    fn apply_kv_event_batch(
+        &self,
+        py: Python<'_>,
+        node_id: &str,
+        payload: &[u8],
+        model: Option<&str>,
+    ) -> PyResult<KvEventsOutcome> {
+        let outcome = py
+            .detach(|| self.inner.apply_kv_event_batch(node_id, payload, model))
+            .py_err()?;
+        Ok(outcome.into())
+    }
+
+    /// Each node's credit for a prompt (given as to `route`), by node id.
+    #[pyo3(signature = (
+        prompt = None,
+        *,
+        token_ids = None,
+        block_hashes = None,
+        prompt_tokens = None,
+        model = None,
+        adapter = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn prefix_credit(
+        &self,
+        py: Python<'_>,
+        prompt: Option<&Bound<'_, PyString>>,
+        token_ids: Option<&Bound<'_, PyAny>>,
+        block_hashes: Option<Vec<u64>>,
+        prompt_tokens: Option<u32>,
+        model: Option<&str>,
+        adapter: Option<&str>,
+    ) -> PyResult<BTreeMap<String, PrefixCredit>> {
+        let tokens = token_ids.map(prompt_args::token_ids).transpose()?;
+        let text = prompt.map(|p| p.to_str()).transpose()?;
+        let block_size = self.inner.config().token_block_size;
+        let prompt = prompt_args::prompt(text, &tokens, &block_hashes, prompt_tokens, block_size)?;
+        let request = core::RouteRequest {
+            prompt,
+            model,
+            adapter,
+            ..core::RouteRequest::text("")
+        };
+        let credits = py.detach(|| self.inner.prefix_credit(&request)).py_err()?;
+        Ok((credits.into_iter())
+            .map(|c| (c.node_id.to_string(), c.into()))
+            .collect())
+    }
+
     /// Sets "closed", "open" or "half_open"; returns the previous state.
     fn set_breaker_state(&self, node_id: &str, state: &str) -> PyResult<&'static str> {
         let state = core::BreakerState::parse(state).py_err()?;
@@ -174,24 +324,7 @@ impl Router {
         let tokens = token_ids.map(prompt_args::token_ids).transpose()?;
         let text = prompt.map(|p| p.to_str()).transpose()?;
         let block_size = self.inner.config().token_block_size;
-        let prompt = match (text, &tokens, &block_hashes) {
-            (Some(text), None, None) => core::Prompt::Text(text),
-            (None, Some(tokens), None) => core::Prompt::Tokens(tokens),
-            (None, None, Some(hashes)) => core::Prompt::Hashes {
-                hashes,
-                prompt_tokens: prompt_tokens
-                    .unwrap_or((hashes.len() * block_size).try_into().unwrap_or(u32::MAX)),
-            },
-            (None, None, None) => core::Prompt::Empty,
-            _ => {
-                return Err(invalid_input(
-                    "give one of prompt, token_ids and block_hashes",
-                ));
-            }
-        };
-        if prompt_tokens.is_some() && block_hashes.is_none() {
-            return Err(invalid_input("prompt_tokens goes with block_hashes"));
-        }
+        let prompt = prompt_args::prompt(text, &tokens, &block_hashes, prompt_tokens, block_size)?;
         let exclude = exclude.unwrap_or_default();
         let exclude: Vec<&str> = exclude.iter().map(String::as_str).collect();
         let request = core::RouteRequest {
@@ -284,6 +417,10 @@ impl Router {
         };
         idx.set_item("block_hit_rate", hit_rate)?;
         idx.set_item("evicted", index.evicted)?;
+        idx.set_item(
+            "engine_map_bytes",
+            py.detach(|| self.inner.kv_cache_bytes()),
+        )?;
         stats.set_item("prefix_index", idx)?;
         let nodes = PyDict::new(py);
         for status in self.inner.node_statuses() {
@@ -294,6 +431,8 @@ impl Router {
             node.set_item("breaker_state", status.breaker.as_str())?;
             node.set_item("consecutive_failures", status.consecutive_failures)?;
             node.set_item("prefix_blocks", status.prefix_blocks)?;
+            node.set_item("kv_events_state", status.kv_events.as_str())?;
+            node.set_item("kv_engine_blocks", status.kv_engine_blocks)?;
             nodes.set_item(&*status.spec.id, node)?;
         }
         stats.set_item("nodes", nodes)?;

@@ -21,8 +21,6 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::size_of;
 
-use smallvec::SmallVec;
-
 use crate::hashing::extend_token_chain;
 
 /// Where a node's prefix credit comes from.
@@ -35,9 +33,10 @@ pub enum KvEventsState {
     /// The event stream is whole: credit is what the engine confirmed, plus fresh guesses
     /// for prompts just routed there (they expire after the guess TTL).
     Live = 1,
-    /// The stream broke (a gap replay could not fill, a dead publisher): entries are
-    /// scored as guesses, and routed prompts credited as with no events, until it is
-    /// whole again.
+    /// The stream broke (a gap replay could not fill, a dead publisher): what the engine
+    /// had confirmed becomes guesses that expire like routed prompts do, and the engine
+    /// map starts empty; events still arriving are applied. Back to `Live` once the
+    /// stream is whole again.
     Unconfirmed = 2,
 }
 
@@ -129,24 +128,75 @@ impl Hasher for MixHasher {
 
 type Mixed = BuildHasherDefault<MixHasher>;
 
+/// Index blocks that end inside one engine block, in chain order: one when the engine's
+/// block size equals the index's (the usual case, kept inline), none or several else.
+#[derive(Debug, Clone)]
+enum IndexHashes {
+    None,
+    One(u64),
+    Many(Box<[u64]>),
+}
+
+impl IndexHashes {
+    fn from_slice(hashes: &[u64]) -> Self {
+        match hashes {
+            [] => IndexHashes::None,
+            [one] => IndexHashes::One(*one),
+            many => IndexHashes::Many(many.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            IndexHashes::None => &[],
+            IndexHashes::One(hash) => std::slice::from_ref(hash),
+            IndexHashes::Many(hashes) => hashes,
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            IndexHashes::Many(hashes) => hashes.len() * size_of::<u64>(),
+            _ => 0,
+        }
+    }
+}
+
+/// Set in [`EngineBlock::links`] when the block has a parent.
+const HAS_PARENT: u32 = 1 << 31;
+
+/// 40 bytes: a map of a million of them stays near 100 B per block with its buckets.
 #[derive(Debug, Clone)]
 struct EngineBlock {
-    parent: Option<EngineHash>,
-    /// Index blocks that end inside this engine block, in chain order.
-    index_hashes: SmallVec<[u64; 1]>,
-    /// Tokens past the last index-block boundary at this block's end (only when engine
-    /// blocks are smaller than index blocks).
-    tail: Box<[u32]>,
+    /// The engine hash of the block before it (when [`HAS_PARENT`] is set).
+    parent: EngineHash,
+    index: IndexHashes,
     /// Index blocks before its first one (its first index hash's depth in the chain).
     depth: u32,
-    /// Engine blocks stored below this one (on this rank).
-    children: u32,
+    /// Engine blocks stored below this one on this rank, and [`HAS_PARENT`].
+    links: u32,
+}
+
+impl EngineBlock {
+    fn parent(&self) -> Option<EngineHash> {
+        (self.links & HAS_PARENT != 0).then_some(self.parent)
+    }
+
+    fn children(&self) -> u32 {
+        self.links & !HAS_PARENT
+    }
+
+    fn index_hashes(&self) -> &[u64] {
+        self.index.as_slice()
+    }
 }
 
 /// One engine block's share of a stored event.
 struct Mapped {
-    index_hashes: SmallVec<[u64; 1]>,
-    tail: Box<[u32]>,
+    index: IndexHashes,
+    /// Tokens past the last index-block boundary at the block's end (only when engine
+    /// blocks are smaller than index blocks).
+    tail: Vec<u32>,
     depth: u32,
 }
 
@@ -161,6 +211,8 @@ struct ChainEnd {
 #[derive(Debug, Default)]
 struct RankBlocks {
     blocks: HashMap<EngineHash, EngineBlock, Mixed>,
+    /// Each block's [`Mapped::tail`], for the few blocks that have one.
+    tails: HashMap<EngineHash, Box<[u32]>, Mixed>,
 }
 
 /// What one store, removal or clear changed, for the caller's counters.
@@ -222,26 +274,28 @@ impl NodeCache {
         let Some(per_block) = self.index_blocks_of(event, index_block_size, &mut end) else {
             return skipped;
         };
-        let blocks = &mut self.ranks.entry(rank).or_default().blocks;
+        let rank_blocks = self.ranks.entry(rank).or_default();
         let mut stored = 0;
         let mut parent = event.parent;
         for (&hash, mapped) in event.block_hashes.iter().zip(per_block) {
             // Stored again (a replay overlapping what arrived live): already counted.
-            if !blocks.contains_key(&hash) {
-                for &h in &mapped.index_hashes {
+            if !rank_blocks.blocks.contains_key(&hash) {
+                for &h in mapped.index.as_slice() {
                     *self.refs.entry(h).or_default() += 1;
                 }
-                if let Some(p) = parent.and_then(|p| blocks.get_mut(&p)) {
-                    p.children += 1;
+                if let Some(p) = parent.and_then(|p| rank_blocks.blocks.get_mut(&p)) {
+                    p.links += 1;
+                }
+                if !mapped.tail.is_empty() {
+                    rank_blocks.tails.insert(hash, mapped.tail.into());
                 }
                 let block = EngineBlock {
-                    parent,
-                    index_hashes: mapped.index_hashes,
-                    tail: mapped.tail,
+                    parent: parent.unwrap_or_default(),
+                    index: mapped.index,
                     depth: mapped.depth,
-                    children: 0,
+                    links: if parent.is_some() { HAS_PARENT } else { 0 },
                 };
-                blocks.insert(hash, block);
+                rank_blocks.blocks.insert(hash, block);
                 stored += 1;
             }
             parent = Some(hash);
@@ -316,22 +370,22 @@ impl NodeCache {
         let mut order: Vec<&EngineBlock> = all
             .iter()
             .map(|h| &blocks[h])
-            .filter(|b| !b.index_hashes.is_empty())
+            .filter(|b| !b.index_hashes().is_empty())
             .collect();
         order.sort_unstable_by_key(|b| std::cmp::Reverse(b.depth));
         let mut paths: Vec<Vec<u64>> = Vec::new();
         let mut cuts = Vec::with_capacity(order.len());
         for block in order {
             let depth = block.depth as usize;
-            let first = block.index_hashes[0];
+            let first = block.index_hashes()[0];
             let on = paths.iter().position(|p| p.get(depth) == Some(&first));
             let path = match on {
                 Some(path) => path,
                 None => {
-                    let Some(mut end) = self.chain_end(rank, block.parent) else {
+                    let Some(mut end) = self.chain_end(rank, block.parent()) else {
                         continue;
                     };
-                    end.hashes.extend_from_slice(&block.index_hashes);
+                    end.hashes.extend_from_slice(block.index_hashes());
                     paths.push(end.hashes);
                     paths.len() - 1
                 }
@@ -360,15 +414,33 @@ impl NodeCache {
         }
     }
 
+    /// The chain of every block nothing hangs below, over ranks (what the node holds).
+    pub fn leaf_chains(&self) -> Vec<Vec<u64>> {
+        let mut chains = Vec::new();
+        for (&rank, blocks) in &self.ranks {
+            for (&hash, block) in &blocks.blocks {
+                if block.children() > 0 {
+                    continue;
+                }
+                if let Some(end) = self.chain_end(rank, Some(hash)) {
+                    if !end.hashes.is_empty() {
+                        chains.push(end.hashes);
+                    }
+                }
+            }
+        }
+        chains
+    }
+
     fn recredit_rank(&mut self, rank: u32, sink: &mut dyn CreditSink) {
         let leaves: Vec<EngineHash> = self.ranks[&rank]
             .blocks
             .iter()
-            .filter(|(_, b)| b.children == 0)
+            .filter(|(_, b)| b.children() == 0)
             .map(|(&h, _)| h)
             .collect();
         for block in self.ranks[&rank].blocks.values() {
-            for &h in &block.index_hashes {
+            for &h in block.index_hashes() {
                 *self.refs.entry(h).or_default() += 1;
             }
         }
@@ -392,13 +464,14 @@ impl NodeCache {
                 return Some(end.clone());
             }
         }
-        let blocks = &self.ranks.get(&rank)?.blocks;
+        let rank_blocks = self.ranks.get(&rank)?;
+        let blocks = &rank_blocks.blocks;
         let start = blocks.get(&parent)?;
         let mut reversed: Vec<u64> = Vec::new();
         let mut at = Some(start);
         while let Some(block) = at {
-            reversed.extend(block.index_hashes.iter().rev());
-            at = match block.parent {
+            reversed.extend(block.index_hashes().iter().rev());
+            at = match block.parent() {
                 Some(p) => Some(blocks.get(&p)?),
                 None => None,
             };
@@ -406,7 +479,10 @@ impl NodeCache {
         reversed.reverse();
         Some(ChainEnd {
             hashes: reversed,
-            tail: start.tail.to_vec(),
+            tail: rank_blocks
+                .tails
+                .get(&parent)
+                .map_or_else(Vec::new, |t| t.to_vec()),
         })
     }
 
@@ -425,8 +501,8 @@ impl NodeCache {
             let start = end.hashes.len();
             end.hashes.extend_from_slice(event.block_hashes);
             let one = |(i, &h): (usize, &u64)| Mapped {
-                index_hashes: SmallVec::from_slice(&[h]),
-                tail: Box::default(),
+                index: IndexHashes::One(h),
+                tail: Vec::new(),
                 depth: (start + i) as u32,
             };
             return Some(event.block_hashes.iter().enumerate().map(one).collect());
@@ -448,8 +524,8 @@ impl NodeCache {
             extend_token_chain(&mut end.hashes, parent, &pending[..full], index_block_size);
             end.tail = pending[full..].to_vec();
             out.push(Mapped {
-                index_hashes: SmallVec::from_slice(&end.hashes[before..]),
-                tail: end.tail.clone().into_boxed_slice(),
+                index: IndexHashes::from_slice(&end.hashes[before..]),
+                tail: end.tail.clone(),
                 depth: before as u32,
             });
         }
@@ -460,7 +536,7 @@ impl NodeCache {
     /// a removed one are unreachable for the engine's prefix lookup, so they leave too.
     fn with_descendants(&self, rank: u32, gone: Vec<EngineHash>) -> Vec<EngineHash> {
         let blocks = &self.ranks[&rank].blocks;
-        if gone.iter().all(|h| blocks[h].children == 0) {
+        if gone.iter().all(|h| blocks[h].children() == 0) {
             return gone;
         }
         // Rare (engines evict tail first): scans, repeated until nothing is added.
@@ -468,7 +544,7 @@ impl NodeCache {
         loop {
             let before = out.len();
             for (&h, b) in blocks {
-                if b.parent.is_some_and(|p| out.contains(&p)) {
+                if b.parent().is_some_and(|p| out.contains(&p)) {
                     out.insert(h);
                 }
             }
@@ -484,14 +560,17 @@ impl NodeCache {
     /// Drops engine block `hash` from the map; pushes (sorted) the index hashes no
     /// engine block of the node maps to any more.
     fn forget_block(&mut self, rank: u32, hash: EngineHash, released: &mut Vec<u64>) {
-        let blocks = &mut self.ranks.get_mut(&rank).expect("rank present").blocks;
-        let Some(block) = blocks.remove(&hash) else {
+        let rank_blocks = self.ranks.get_mut(&rank).expect("rank present");
+        let Some(block) = rank_blocks.blocks.remove(&hash) else {
             return;
         };
-        if let Some(parent) = block.parent.and_then(|p| blocks.get_mut(&p)) {
-            parent.children = parent.children.saturating_sub(1);
+        rank_blocks.tails.remove(&hash);
+        if let Some(parent) = block.parent().and_then(|p| rank_blocks.blocks.get_mut(&p)) {
+            if parent.children() > 0 {
+                parent.links -= 1;
+            }
         }
-        for h in block.index_hashes {
+        for &h in block.index_hashes() {
             if let Some(count) = self.refs.get_mut(&h) {
                 *count -= 1;
                 if *count == 0 {
@@ -504,25 +583,29 @@ impl NodeCache {
         }
     }
 
-    /// Approximate bytes held (hashbrown: a key-value pair and a control byte per bucket).
+    /// Approximate bytes held: hashbrown's buckets (a power of two at least 8/7 of the
+    /// capacity), each a key-value pair and a control byte, and what entries box.
     pub fn bytes(&self) -> usize {
         let per_rank: usize = (self.ranks.values())
             .map(|r| {
-                let spilled: usize = (r.blocks.values())
-                    .map(|b| {
-                        b.tail.len() * size_of::<u32>()
-                            + if b.index_hashes.spilled() {
-                                b.index_hashes.capacity() * size_of::<u64>()
-                            } else {
-                                0
-                            }
-                    })
-                    .sum();
-                r.blocks.capacity() * (size_of::<(EngineHash, EngineBlock)>() + 1) + spilled
+                let boxed: usize = r.blocks.values().map(|b| b.index.heap_bytes()).sum();
+                let tails: usize = r.tails.values().map(|t| t.len() * size_of::<u32>()).sum();
+                table_bytes::<(EngineHash, EngineBlock)>(r.blocks.capacity())
+                    + table_bytes::<(EngineHash, Box<[u32]>)>(r.tails.capacity())
+                    + boxed
+                    + tails
             })
             .sum();
-        per_rank + self.refs.capacity() * (size_of::<(u64, u32)>() + 1)
+        per_rank + table_bytes::<(u64, u32)>(self.refs.capacity())
     }
+}
+
+fn table_bytes<T>(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = (capacity * 8 / 7).next_power_of_two();
+    buckets * (size_of::<T>() + 1)
 }
 
 #[cfg(test)]

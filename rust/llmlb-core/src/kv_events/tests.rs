@@ -178,3 +178,8 @@ fn hashes_without_tokens_are_the_index_chain() {
     cache.remove(0, &[9], &mut sink);
     assert_eq!(sink.releases, vec![vec![7, 8, 9]]);
 }
+
+#[test]
+fn an_engine_block_entry_stays_small() {
+    assert_eq!(size_of::<EngineBlock>(), 40);
+}

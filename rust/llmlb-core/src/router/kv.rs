@@ -50,12 +50,27 @@ impl CreditSink for NodeCredit<'_> {
 
 impl Router {
     /// Sets where a node's prefix credit comes from; returns the previous state.
+    /// Entering `Unconfirmed` turns what the engine had confirmed into guesses.
     pub fn set_kv_events_state(
         &self,
         node_id: &str,
         state: KvEventsState,
     ) -> CoreResult<KvEventsState> {
-        Ok(self.table.get(node_id)?.live.set_kv_events(state))
+        let node = self.table.get(node_id)?;
+        let mut caches = self.kv_caches.lock();
+        let previous = node.live.set_kv_events(state);
+        if state == KvEventsState::Unconfirmed && previous != KvEventsState::Unconfirmed {
+            let now = self.clock.now_ns();
+            if let Some((incarnation, cache)) = caches.remove(&node.slot) {
+                if incarnation == node.incarnation {
+                    for chain in cache.leaf_chains() {
+                        (self.guesses).insert(&chain, node.slot, node.incarnation, now);
+                    }
+                }
+            }
+            self.index.forget_node(node.slot);
+        }
+        Ok(previous)
     }
 
     /// Applies one `BlockStored` on `rank` of a node.
