@@ -222,3 +222,17 @@ def test_sweep_verdict_names_where_llmlb_is_not_lowest() -> None:
     lines = sweep.verdict_lines("chunked")
     assert "no (1.5x: round_robin 250.0 ms against 260.0 ms)" in lines[0]
     assert "2.60 (not met, target <= 2)" in lines[1]
+
+
+def test_no_kv_events_flag_reaches_the_run(tmp_path: Path) -> None:
+    argv = [
+        "bench", "--workload=trace", f"--trace={FIXTURES / 'mooncake_head300.jsonl'}",
+        "--limit=20", "--cluster=h100x4:1", "--policies=llmlb", "--duration=120",
+        "--warmup=0", "--jobs=1", "--no-progress", "--no-plots",
+    ]  # fmt: skip
+    for flag, on in (([], True), (["--no-kv-events"], False)):
+        out = tmp_path / str(on)
+        assert main([*argv, *flag, f"--out={out}"]) == 0
+        data = json.loads((out / "results.json").read_text())
+        assert data["settings"]["kv_events"] is on
+        assert "predicted_cache_missed" in data["results"]["llmlb"]

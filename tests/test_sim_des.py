@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -121,3 +121,31 @@ def test_bad_settings_are_refused() -> None:
         Simulation(Uniform(concurrency=1), [])
     with pytest.raises(ValueError, match="must be > 0"):
         Simulation(Uniform(concurrency=1), [H100], timeout_s=0)
+
+
+def small_chat_run(kv_events: bool) -> dict[str, float]:
+    """Nodes with little KV room (about 125k tokens) under 160 conversations: the
+    engines evict, so credit for what was routed goes stale."""
+    small = replace(H100, gpu_memory_utilization=0.62)
+    workload = ChatSessions(sessions=8, streams=20, duration_s=240, seed=3)
+    sim = Simulation(
+        workload, [small] * 3, policy="llmlb", duration_s=240, warmup_s=20, seed=3,
+        kv_events=kv_events,
+    )  # fmt: skip
+    return summarize(sim.run())
+
+
+def test_kv_events_keep_the_index_true_to_what_engines_hold() -> None:
+    guessed, exact = small_chat_run(kv_events=False), small_chat_run(kv_events=True)
+    assert guessed["predicted_cache_missed"] > 0.03
+    assert exact["predicted_cache_missed"] < 0.01
+    assert exact["kv_hit_rate"] > 0.5
+
+
+def test_nodes_are_live_with_kv_events_and_off_without() -> None:
+    workload = ChatSessions(sessions=1, streams=1, duration_s=30, ramp_s=1.0, seed=1)
+    for kv_events, state in ((True, "live"), (False, "off")):
+        sim = Simulation(workload, [H100], duration_s=30, kv_events=kv_events)
+        sim.run()
+        assert sim.router.nodes()[0].kv_events_state == state
+        assert (sim.router.nodes()[0].kv_engine_blocks > 0) is kv_events

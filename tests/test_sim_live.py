@@ -96,3 +96,45 @@ async def scenario() -> None:
 
 def test_stream_a_completion_and_scrape_metrics() -> None:
     asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+
+
+async def kv_events_scenario() -> None:
+    from llmlb_fast import Node, Router, RouterConfig
+    from llmlb_fast.kv_events import KvEventIngest, KvEventSource
+    from llmlb_fast.sim.node_server import chat_to_tokens
+
+    node = SimNode(PROFILES["h100x4"], node_id="n0", dilation=20.0, kv_events=True)
+    await node.start()
+    router = Router(RouterConfig(), [Node("n0", node.url, models=["llama-3-70b"])])
+    ingest = KvEventIngest(router)
+    try:
+        publisher = node.kv_publisher
+        assert publisher is not None
+        ingest.start()
+        source = KvEventSource(
+            "n0", publisher.endpoint, "kv-events", publisher.replay_endpoint, "llama-3-70b"
+        )
+        ingest.set_sources([source])
+        async with aiohttp.ClientSession() as session:
+            await stream_chat(session, node.url, "Where is my order?")
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"}]
+        prompt = chat_to_tokens(messages)
+        system_blocks = len(chat_to_tokens([{"role": "system", "content": SYSTEM}])) // 16
+
+        def credited() -> int:
+            return router.prefix_credit(token_ids=prompt, model="llama-3-70b")["n0"].blocks
+
+        for _ in range(200):  # the engine's events reach the router's index
+            if credited() >= system_blocks:
+                break
+            await asyncio.sleep(0.01)
+        assert credited() >= system_blocks
+        assert router.nodes()[0].kv_events_state == "live"
+        assert ingest.stats["n0"].errors["skipped_event"] == 0
+    finally:
+        await asyncio.to_thread(ingest.stop)
+        await node.stop()
+
+
+def test_a_simulated_node_publishes_vllm_kv_events_over_zmq() -> None:
+    asyncio.run(kv_events_scenario())

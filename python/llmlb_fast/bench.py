@@ -82,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(
+        "--no-kv-events",
+        action="store_true",
+        help="nodes publish no KV-cache events: the router guesses what they hold from "
+        "what it routed (as before events; for comparison)",
+    )
+    g.add_argument(
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes"
     )
     g.add_argument("--out", metavar="DIR", help="write table.md, results.json and PNG plots")
@@ -221,6 +227,7 @@ def run_policy(
         timeout_s=args["timeout"],
         monitor_interval_s=args["monitor_interval"],
         seed=args["seed"],
+        kv_events=not args.get("no_kv_events", False),
     )
     started = time.perf_counter()
     if show_progress:
@@ -276,7 +283,9 @@ def _summary(result: RunResult) -> dict[str, float]:
 
 
 def run_settings(args: dict[str, Any]) -> dict[str, Any]:
-    return {k: args[k] for k in ("duration", "warmup", "timeout", "monitor_interval", "seed")}
+    settings = {k: args[k] for k in ("duration", "warmup", "timeout", "monitor_interval", "seed")}
+    settings["kv_events"] = not args.get("no_kv_events", False)
+    return settings
 
 
 def with_engine_mode(

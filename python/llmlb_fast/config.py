@@ -31,6 +31,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -113,6 +114,25 @@ class NodeConfig(_Strict):
             labels=self.labels,
             models=self.models,
         )
+
+
+class TokenizerConfig(_Strict):
+    """How a model's engine tokenizes (``tokenizers.<model>``): its ``tokenizer.json`` and
+    chat template. Relative paths are read from the config file's directory."""
+
+    tokenizer: Path
+    chat_template: Path | None = None
+    # What the template's bos_token / eos_token variables render as.
+    bos_token: str = ""
+    eos_token: str = ""
+
+    @field_validator("tokenizer", "chat_template")
+    @classmethod
+    def _beside_the_config(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        base = (info.context or {}).get("base_dir")
+        if path is None or path.is_absolute() or base is None:
+            return path
+        return Path(base) / path
 
 
 CORE_DEFAULTS = RouterConfig()
@@ -278,6 +298,8 @@ class ServiceConfig(_Strict):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     nodes: list[NodeConfig] = Field(default_factory=list)
+    # Models whose requests are routed by the engine's tokens (else by text blocks).
+    tokenizers: dict[ModelName, TokenizerConfig] = Field(default_factory=dict)
 
     @field_validator("policies")
     @classmethod
@@ -389,8 +411,10 @@ def parse_config(data: Any, source: str = "<dict>") -> ServiceConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {source}: the top level must be a mapping")
+    source_path = Path(source)
+    base_dir = source_path.parent if source_path.is_file() else None
     try:
-        config = ServiceConfig.model_validate(data)
+        config = ServiceConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as error:
         raise ConfigError(_format_errors(error, source)) from None
     try:

@@ -27,6 +27,7 @@ from llmlb_fast.service.breakers import BreakerBoard
 from llmlb_fast.service.canary import CanarySplit
 from llmlb_fast.service.events import CONFIG_REJECTED, CONFIG_RELOADED, Event, EventBus
 from llmlb_fast.service.telemetry import Telemetry
+from llmlb_fast.tokenizer import ModelTokenizer, load_tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class RoutingService:
         self.config = config
         self.router = router or Router(config.router_config(), config.router_nodes())
         self.config_node_ids = {node.id for node in config.nodes}
+        self.tokenizers = load_tokenizers(config.tokenizers)
         self.bus = EventBus()
         self.telemetry = Telemetry(self.router)
         self.breakers = BreakerBoard(self.router, self.bus, config.breaker)
@@ -140,6 +142,14 @@ class RoutingService:
             decision.policy, decision.reason, time.perf_counter() - started
         )
         return Routed(decision, canary_policy is not None)
+
+    def tokenizer(self, model: str) -> ModelTokenizer | None:
+        """The engine's tokenizer for ``model`` (None: route its requests by text)."""
+        return self.tokenizers.get(model)
+
+    def count_tokenizer_fallback(self, model: str) -> None:
+        """A request of a tokenized model routed by text (its chat template refused it)."""
+        self.telemetry.tokenizer_fallbacks.labels(model).inc()
 
     def count_refusal(self, transport: str, error: Exception) -> None:
         """A request a transport refused before routing it (the proxy's model check)."""
@@ -243,6 +253,10 @@ class RoutingService:
                 f"reload refused: {' and '.join(wiped)}; set server.allow_destructive_reload "
                 "in the new file if that is meant"
             )
+        # Loaded before anything changes: a tokenizer that fails keeps the old config whole.
+        tokenizers = self.tokenizers
+        if new.tokenizers != self.config.tokenizers:
+            tokenizers = load_tokenizers(new.tokenizers)
         try:
             self.router.reconfigure(new.router_config())
         except ValueError as error:
@@ -255,6 +269,7 @@ class RoutingService:
             with contextlib.suppress(KeyError):
                 orphaned.extend(self.deregister_node(node_id))
         self.config_node_ids = new_ids
+        self.tokenizers = tokenizers
         self._config_kv_sources = kv_sources_of(new)
         self._sync_kv_sources()
         self.breakers.reconfigure(new.breaker)

@@ -158,6 +158,12 @@ class Telemetry:
         self.config_reloads = Counter(
             "llmlb_config_reloads", "Config reload attempts", ["result"], registry=r
         )
+        self.tokenizer_fallbacks = Counter(
+            "llmlb_tokenizer_fallbacks",
+            "Requests of a model with a tokenizer routed by text (its chat template refused)",
+            ["model"],
+            registry=r,
+        )
         self.metric_samples = Counter(
             "llmlb_metric_samples", "Metric samples received from agents", ["node"], registry=r
         )

@@ -79,6 +79,7 @@ class SimCluster:
         chunk_interval_s: float = 0.02,
         model: str = DEFAULT_MODEL,
         node_prefix: str = "node-",
+        kv_events: bool = False,
     ) -> None:
         if not profiles:
             raise ValueError("the cluster needs at least one node")
@@ -92,6 +93,7 @@ class SimCluster:
                 dilation=dilation,
                 report_interval_s=report_interval_s,
                 chunk_interval_s=chunk_interval_s,
+                kv_events=kv_events,
             )
             for i, profile in enumerate(profiles)
         ]
@@ -152,11 +154,20 @@ class SimCluster:
         backoff = BACKOFF_INITIAL_S
         async with grpc.aio.insecure_channel(self.router) as channel:
             stub = pb_grpc.RouterStub(channel)  # type: ignore[no-untyped-call]
-            for spec in self.specs():
+            for node, spec in zip(self.nodes, self.specs(), strict=True):
+                publisher = node.kv_publisher
+                kv_events = None
+                if publisher is not None:
+                    kv_events = pb.KvEventsSource(
+                        endpoint=publisher.endpoint,
+                        topic=publisher.topic.decode(),
+                        replay_endpoint=publisher.replay_endpoint,
+                        model=self.model,
+                    )
                 while True:
                     try:
                         await stub.RegisterNode(
-                            pb.RegisterNodeRequest(node=pb.NodeSpec(**spec)),
+                            pb.RegisterNodeRequest(node=pb.NodeSpec(**spec), kv_events=kv_events),
                             metadata=self._metadata(),
                             timeout=5.0,
                         )
@@ -244,6 +255,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--router", metavar="HOST:PORT", help="register with this router and report metrics"
     )
     parser.add_argument(
+        "--kv-events",
+        action="store_true",
+        help="publish each node's KV-cache events over ZMQ as vLLM does (registered with "
+        "the router, which then follows them)",
+    )
+    parser.add_argument(
         "--token", help="bearer token for the router's admin calls (default: $LLMLB_TOKEN)"
     )
 
@@ -256,6 +273,7 @@ async def serve_cluster(args: argparse.Namespace, profiles: list[HardwareProfile
         chunk_interval_s=args.chunk_interval,
         model=args.model,
         node_prefix=args.node_prefix,
+        kv_events=args.kv_events,
     )
     await cluster.start(args.host, args.base_port)
     stop = asyncio.Event()

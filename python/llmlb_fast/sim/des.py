@@ -5,7 +5,10 @@ Each routing decision is made by ``Router.route`` at the request's arrival time;
 request is released with ``Router.complete`` when it finishes or times out; every
 ``monitor_interval_s`` each node reports what a vLLM engine and an NVML agent would
 (KV usage and capacity, running and waiting requests, SM and memory-bandwidth use)
-through ``Router.update_metrics``. Runs are deterministic for a given seed.
+through ``Router.update_metrics``. With ``kv_events`` (the default) each engine's prefix
+cache reports what it stores and evicts, as vLLM's KV events do, and the router gets
+them ``kv_event_delay_s`` later (``Router.kv_blocks_stored`` / ``kv_blocks_removed``,
+the block keys being the router's chain hashes). Runs are deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from llmlb_fast.sim.monitor import EngineMonitor, NodeSample
 from llmlb_fast.sim.profiles import BLOCK_TOKENS, HardwareProfile
 from llmlb_fast.sim.workloads import WorkItem, Workload
 
-_ARRIVAL, _NODE, _DEADLINE, _MONITOR = 0, 1, 2, 3
+_ARRIVAL, _NODE, _DEADLINE, _MONITOR, _KV_EVENTS = 0, 1, 2, 3, 4
+# vLLM hands each scheduler step's events to its publisher thread, which sends them at
+# once; over a LAN and the router's ingestion that is a few milliseconds.
+KV_EVENT_DELAY_S = 0.005
 
 
 @dataclass
@@ -83,16 +89,17 @@ class Simulation:
         monitor_interval_s: float = 1.0,
         sample_interval_s: float = 5.0,
         seed: int = 0,
+        kv_events: bool = True,
+        kv_event_delay_s: float = KV_EVENT_DELAY_S,
     ) -> None:
         if not cluster:
             raise ValueError("the cluster needs at least one node")
         if duration_s <= 0 or monitor_interval_s <= 0 or timeout_s <= 0:
             raise ValueError("duration_s, monitor_interval_s and timeout_s must be > 0")
         self.workload = workload
+        if kv_event_delay_s < 0:
+            raise ValueError("kv_event_delay_s must be >= 0")
         self.node_ids = [f"node-{i}" for i in range(len(cluster))]
-        self.engines = [
-            Engine(p, node_id=nid) for p, nid in zip(cluster, self.node_ids, strict=True)
-        ]
         base = config.to_dict() if config is not None else {}
         base.update(policy=policy, seed=seed)
         self.router = Router(
@@ -101,8 +108,18 @@ class Simulation:
             manual_clock=True,
         )
         self.node_index = {nid: i for i, nid in enumerate(self.node_ids)}
-        # The engine's block keys are the router's block hashes when the block sizes agree.
+        # The engine's block keys are the router's block hashes when the block sizes agree;
+        # so are its events' (other sizes would need the blocks' tokens: events stay off).
         self._route_by_keys = self.router.config.token_block_size == BLOCK_TOKENS
+        self.kv_events = kv_events and self._route_by_keys
+        self.kv_event_delay_s = kv_event_delay_s
+        self.engines = [
+            Engine(p, node_id=nid, record_kv_events=self.kv_events)
+            for p, nid in zip(cluster, self.node_ids, strict=True)
+        ]
+        if self.kv_events:
+            for nid in self.node_ids:
+                self.router.set_kv_events_state(nid, "live")
         self.duration_s = duration_s
         self.warmup_s = warmup_s
         self.timeout_s = timeout_s
@@ -164,6 +181,10 @@ class Simulation:
                 self._on_arrival(cast(WorkItem, payload), time_s)
             elif kind == _DEADLINE:
                 self._on_deadline(cast(tuple[int, SimRequest], payload), time_s)
+            elif kind == _KV_EVENTS:
+                self._on_kv_events(
+                    cast(tuple[int, list[tuple[str, list[int], int | None]]], payload)
+                )
             else:
                 self._on_monitor(time_s)
                 if self._idle():
@@ -234,11 +255,13 @@ class Simulation:
             self._follow_up(item, now, ok=False)
             return
         self._reschedule(node)
+        self._send_kv_events(node, now)
         self._push(request.deadline_s, _DEADLINE, (node, request))
 
     def _on_node(self, node: int, now: float) -> None:
         events = self.engines[node].advance(now)
         self._reschedule(node)
+        self._send_kv_events(node, now)
         for event in events:
             if event.kind is EventKind.FINISHED:
                 self._finish(event.request, now, "ok")
@@ -250,7 +273,24 @@ class Simulation:
         node, request = payload
         if self.engines[node].cancel(request, now):
             self._reschedule(node)
+            self._send_kv_events(node, now)
             self._finish(request, now, "timeout")
+
+    def _send_kv_events(self, node: int, now: float) -> None:
+        if self.kv_events:
+            events = self.engines[node].take_kv_events()
+            if events:
+                self._push(now + self.kv_event_delay_s, _KV_EVENTS, (node, events))
+
+    def _on_kv_events(self, payload: tuple[int, list[tuple[str, list[int], int | None]]]) -> None:
+        node, events = payload
+        node_id = self.node_ids[node]
+        router = self.router
+        for kind, keys, parent in events:
+            if kind == "stored":
+                router.kv_blocks_stored(node_id, keys, parent)
+            else:
+                router.kv_blocks_removed(node_id, keys)
 
     def _finish(self, request: SimRequest, now: float, outcome: str) -> None:
         record = self._records[request.request_id]
@@ -313,8 +353,8 @@ def summarize(result: RunResult) -> dict[str, float]:
     cached = sum(r.cached_tokens for r in served)
     # Only requests the engine admitted looked their prefix up.
     predicted = [r for r in done if r.predicted_cached_tokens is not None]
-    expected = sum(r.predicted_cached_tokens or 0 for r in predicted)
-    missed = sum(max(0, (r.predicted_cached_tokens or 0) - r.cached_tokens) for r in predicted)
+    expected = sum(_reusable(r) for r in predicted)
+    missed = sum(max(0, _reusable(r) - r.cached_tokens) for r in predicted)
     samples = [s for s in result.samples if s.time_s >= window_start]
     per_node = [0] * len(result.node_ids)
     for r in measured:
@@ -340,6 +380,13 @@ def summarize(result: RunResult) -> dict[str, float]:
         "preemptions": float(result.preemptions),
         "max_over_mean_node_requests": max(per_node) / mean_node if mean_node else math.nan,
     }
+
+
+def _reusable(record: RequestRecord) -> int:
+    """The predicted cached tokens an engine could reuse: it always computes the prompt's
+    last token, so a prompt ending on a block boundary recomputes its last block."""
+    reusable = (record.prompt_tokens - 1) // BLOCK_TOKENS * BLOCK_TOKENS
+    return min(record.predicted_cached_tokens or 0, reusable)
 
 
 def _mean(values: Sequence[float]) -> float:

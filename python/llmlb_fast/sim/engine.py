@@ -163,10 +163,12 @@ class _Phase(Enum):
 class Engine:
     """One simulated GPU node."""
 
-    def __init__(self, profile: HardwareProfile, *, node_id: str = "node") -> None:
+    def __init__(
+        self, profile: HardwareProfile, *, node_id: str = "node", record_kv_events: bool = False
+    ) -> None:
         self.profile = profile
         self.node_id = node_id
-        self.cache = BlockCache(profile.kv_capacity_blocks)
+        self.cache = BlockCache(profile.kv_capacity_blocks, record_events=record_kv_events)
         self.counters = EngineCounters()
         self.waiting: deque[SimRequest] = deque()
         self.prefilling: list[SimRequest] = []
@@ -185,6 +187,11 @@ class Engine:
         self._step_decodes = False  # the current step also decodes the running sequences
         self._chunked = profile.engine_mode == "chunked"
         self._now = 0.0
+
+    def take_kv_events(self) -> list[tuple[str, list[int], int | None]]:
+        """What the prefix cache stored and evicted since the last call, in order (with
+        ``record_kv_events``): vLLM's ``BlockStored`` / ``BlockRemoved``, by block key."""
+        return self.cache.take_events()
 
     # Queries ----------------------------------------------------------------------
     def next_time(self) -> float | None:
@@ -551,7 +558,7 @@ class Engine:
         overflow = cache.cached_blocks + need - cache.referenced_blocks - cache.capacity
         if overflow > 0:
             cache.evict(overflow)
-        cache.acquire(keys[hit:full])
+        cache.acquire(keys[hit:full], keys[hit - 1] if hit else None)
         request._held = list(keys[:full])
         request._private_tokens = private
         request._gen_base = request.generated
@@ -593,5 +600,6 @@ class Engine:
             full = min((request.prompt_tokens + generated) // BLOCK_TOKENS, len(request.block_keys))
             if full > held:
                 free = self.cache.capacity - self.cache.cached_blocks - self._private_blocks()
-                self.cache.insert_unreferenced(request.block_keys[held:full], free)
+                parent = request.block_keys[held - 1] if held else None
+                self.cache.insert_unreferenced(request.block_keys[held:full], free, parent)
         self.counters.evicted_blocks = self.cache.evicted

@@ -40,9 +40,11 @@ from prometheus_client.core import (
     Metric,
 )
 
+from llmlb_fast.kv_events.publisher import KvEventPublisher
+from llmlb_fast.kv_events.wire import BlockRemoved, BlockStored, KvEvent
 from llmlb_fast.sim.engine import Engine, EventKind, RequestState, SimRequest
 from llmlb_fast.sim.monitor import EngineMonitor
-from llmlb_fast.sim.profiles import HardwareProfile
+from llmlb_fast.sim.profiles import BLOCK_TOKENS, HardwareProfile
 from llmlb_fast.sim.workloads import chain_keys
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
@@ -129,10 +131,17 @@ class SimNode:
         report_interval_s: float = 1.0,
         on_metrics: MetricsCallback | None = None,
         chunk_interval_s: float = 0.02,
+        kv_events: bool = False,
     ) -> None:
         if dilation <= 0 or report_interval_s <= 0 or chunk_interval_s <= 0:
             raise ValueError("dilation, report_interval_s and chunk_interval_s must be > 0")
-        self.engine = Engine(profile, node_id=node_id)
+        self.engine = Engine(profile, node_id=node_id, record_kv_events=kv_events)
+        # With kv_events: vLLM's ZMQ publisher (PUB + replay ROUTER, bound at start).
+        self.kv_events = kv_events
+        self.kv_publisher: KvEventPublisher | None = None
+        # The tokens of the blocks of requests in flight (events carry them), by key,
+        # with how many of those requests hold each key.
+        self._block_tokens: dict[int, tuple[list[int], int]] = {}
         self.node_id, self.model, self.dilation = node_id, model, dilation
         self.report_interval_s = report_interval_s
         self.on_metrics = on_metrics
@@ -173,6 +182,8 @@ class SimNode:
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
+        if self.kv_events:
+            self.kv_publisher = KvEventPublisher(f"tcp://{host}:0", f"tcp://{host}:0")
         self._started = time.monotonic()
         self._tasks = [asyncio.create_task(self._drive()), asyncio.create_task(self._report())]
 
@@ -184,6 +195,9 @@ class SimNode:
                 await task
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.kv_publisher is not None:
+            await asyncio.to_thread(self.kv_publisher.close)
+            self.kv_publisher = None
 
     # Engine loop --------------------------------------------------------------------
     async def _drive(self) -> None:
@@ -200,7 +214,9 @@ class SimNode:
                     continue  # a new request changed the schedule
                 except asyncio.TimeoutError:
                     pass
-            for event in self.engine.advance(max(nxt, self.virtual_now())):
+            events = self.engine.advance(max(nxt, self.virtual_now()))
+            self._publish_kv_events()
+            for event in events:
                 pending = self._pending.get(event.request.request_id)
                 if pending is None:
                     continue
@@ -225,6 +241,38 @@ class SimNode:
             figures["pcie_tx_bytes_per_s"] = tokens_out * TOKEN_BYTES / self.report_interval_s
             if self.on_metrics is not None:
                 self.on_metrics(self.node_id, figures)
+
+    # KV events -----------------------------------------------------------------------
+    def _hold_block_tokens(self, request: SimRequest, tokens: list[int]) -> None:
+        for i, key in enumerate(request.block_keys):
+            block, holders = self._block_tokens.get(
+                key, (tokens[BLOCK_TOKENS * i : BLOCK_TOKENS * (i + 1)], 0)
+            )
+            self._block_tokens[key] = (block, holders + 1)
+
+    def _drop_block_tokens(self, request: SimRequest) -> None:
+        for key in request.block_keys:
+            block, holders = self._block_tokens[key]
+            if holders == 1:
+                del self._block_tokens[key]
+            else:
+                self._block_tokens[key] = (block, holders - 1)
+
+    def _publish_kv_events(self) -> None:
+        """What the engine stored and evicted since the last call, as vLLM publishes it:
+        the engine's block keys as its hashes, with the stored blocks' tokens."""
+        if self.kv_publisher is None:
+            return
+        batch: list[KvEvent] = []
+        for kind, keys, parent in self.engine.take_kv_events():
+            if kind == "stored":
+                blocks = [self._block_tokens.get(key) for key in keys]
+                tokens = [t for block in blocks if block is not None for t in block[0]]
+                batch.append(BlockStored(list(keys), parent, tokens, BLOCK_TOKENS))
+            else:
+                batch.append(BlockRemoved(list(keys)))
+        if batch:
+            self.kv_publisher.publish(batch)
 
     def _observe_ttft(self, ttft: float) -> None:
         self.ttft_sum += ttft
@@ -276,17 +324,21 @@ class SimNode:
         self._next_id += 1
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{self.node_id}-{self._next_id}"
         output = text_to_tokens(OUTPUT_PIECE) * max_tokens
+        all_tokens = [*tokens, *output]
         request = SimRequest(
             request_id,
             len(tokens),
             max_tokens,
-            chain_keys([*tokens, *output], []),
+            chain_keys(all_tokens, []),
             arrival_s=self.virtual_now(),
         )
+        self._hold_block_tokens(request, all_tokens)
         try:
             self.engine.submit(request, self.virtual_now())
         except ValueError as e:
+            self._drop_block_tokens(request)
             raise _bad_request(str(e)) from None
+        self._publish_kv_events()
         pending = _Pending(request)
         self._pending[request_id] = pending
         self._wake.set()
@@ -300,6 +352,8 @@ class SimNode:
         finally:
             if request.state is not RequestState.FINISHED:
                 self.engine.cancel(request, self.virtual_now())
+            self._publish_kv_events()
+            self._drop_block_tokens(request)
             self._pending.pop(request_id, None)
 
     async def _stream(

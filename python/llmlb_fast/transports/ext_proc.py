@@ -35,7 +35,13 @@ from llmlb_fast.errors import LlmlbError
 from llmlb_fast.service.routing import EXT_PROC, RoutingService
 from llmlb_fast.transports.http_errors import ProxyError, body_too_large, route_error
 from llmlb_fast.transports.proxy.metering import ResponseMeter
-from llmlb_fast.transports.proxy.routing_key import CHAT_PATH, RoutingKey, parse_body, routing_key
+from llmlb_fast.transports.proxy.routing_key import (
+    CHAT_PATH,
+    RoutingKey,
+    parse_body,
+    routing_key,
+    tokenized,
+)
 from llmlb_fast.transports.proxy.settings import ProxySettings
 
 log = logging.getLogger("llmlb.ext_proc")
@@ -145,7 +151,18 @@ class Exchange:
     def _routing_key(self) -> RoutingKey:
         path = self._headers.get(":path", "").split("?", 1)[0]
         body = parse_body(bytes(self._body))
-        return routing_key(CHAT_PATH if path.endswith("/chat/completions") else path, body)
+        key = routing_key(CHAT_PATH if path.endswith("/chat/completions") else path, body)
+        tokenizer = self._picker.service.tokenizer(key.model)
+        if tokenizer is None:
+            return key
+        # Envoy waits on this call for its route either way; the stream runs on the
+        # server's loop, so a long prompt's tokens cost it that time (as they would a
+        # worker thread's).
+        engine_key = tokenized(key, tokenizer)
+        if engine_key is None:
+            self._picker.service.count_tokenizer_fallback(key.model)
+            return key
+        return engine_key
 
     def _pick(
         self,

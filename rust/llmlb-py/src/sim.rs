@@ -1,6 +1,7 @@
 //! `BlockCache`: the simulator's KV-cache block table (`llmlb-sim`), for
 //! `llmlb_fast.sim.engine`. Keys are the u64 block hashes the workloads produce.
 
+use llmlb_sim::CacheEvent;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -12,10 +13,11 @@ pub struct BlockCache {
 #[pymethods]
 impl BlockCache {
     #[new]
-    fn new(capacity_blocks: usize) -> Self {
-        BlockCache {
-            inner: llmlb_sim::BlockCache::new(capacity_blocks),
-        }
+    #[pyo3(signature = (capacity_blocks, *, record_events = false))]
+    fn new(capacity_blocks: usize, record_events: bool) -> Self {
+        let mut inner = llmlb_sim::BlockCache::new(capacity_blocks);
+        inner.record_events(record_events);
+        BlockCache { inner }
     }
 
     #[getter]
@@ -44,9 +46,11 @@ impl BlockCache {
         self.inner.match_prefix(&keys, limit)
     }
 
-    /// References `keys` (cached or new); the caller made room for the new ones.
-    fn acquire(&mut self, keys: Vec<u64>) {
-        self.inner.acquire(&keys);
+    /// References `keys` (cached or new; a chain continuing `parent`); the caller made
+    /// room for the new ones.
+    #[pyo3(signature = (keys, parent = None))]
+    fn acquire(&mut self, keys: Vec<u64>, parent: Option<u64>) {
+        self.inner.acquire(&keys, parent);
     }
 
     /// Drops one reference to each key; freed blocks become evictable tail first.
@@ -57,8 +61,20 @@ impl BlockCache {
     }
 
     /// Caches generated blocks, as far as room allows (evicting older blocks).
-    fn insert_unreferenced(&mut self, keys: Vec<u64>, free_blocks: i64) {
-        self.inner.insert_unreferenced(&keys, free_blocks);
+    #[pyo3(signature = (keys, free_blocks, parent = None))]
+    fn insert_unreferenced(&mut self, keys: Vec<u64>, free_blocks: i64, parent: Option<u64>) {
+        self.inner.insert_unreferenced(&keys, free_blocks, parent);
+    }
+
+    /// What entered and left the cache since the last call (with `record_events`), in
+    /// order: `("stored", keys, parent)` and `("removed", keys, None)`.
+    fn take_events(&mut self) -> Vec<(&'static str, Vec<u64>, Option<u64>)> {
+        (self.inner.take_events().into_iter())
+            .map(|event| match event {
+                CacheEvent::Stored { keys, parent } => ("stored", keys, parent),
+                CacheEvent::Removed { keys } => ("removed", keys, None),
+            })
+            .collect()
     }
 
     /// Evicts up to `blocks` least recently freed blocks; returns how many.

@@ -4,4 +4,4 @@
 
 mod block_cache;
 
-pub use block_cache::BlockCache;
+pub use block_cache::{BlockCache, CacheEvent};

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 
@@ -19,13 +20,18 @@ from llmlb_fast.transports.proxy.models import ModelCatalog
 from llmlb_fast.transports.proxy.routing_key import (
     CHAT_PATH,
     COMPLETIONS_PATH,
+    RoutingKey,
     parse_body,
     routing_key,
+    tokenized,
 )
 from llmlb_fast.transports.proxy.settings import ProxySettings
 from llmlb_fast.transports.proxy.upstream import Upstream
 
 log = logging.getLogger("llmlb.proxy")
+# Below this body size a request is tokenized on the event loop (about 0.1 ms: less than
+# handing it to a thread and back).
+INLINE_TOKENIZE_BYTES = 512
 
 
 class ProxyServer:
@@ -88,9 +94,26 @@ class ProxyServer:
             if await self._catalog.knows(key.model) is False:
                 self.service.count_refusal(PROXY, UnknownModelError(key.model))
                 raise unknown_model(key.model)
+            key = await self._engine_tokens(key, len(raw))
             return await self._forwarder.forward(request, request.path, raw, key)
         except ProxyError as error:
             return proxy_error_response(error)
+
+    async def _engine_tokens(self, key: RoutingKey, body_bytes: int) -> RoutingKey:
+        """The key as the engine's tokens when its model has a tokenizer. Tokenizing costs
+        about 1 µs per token (benches/results/tokenizer_cost.json): past a small body it
+        runs on a worker thread (the library releases the GIL), not on the event loop."""
+        tokenizer = self.service.tokenizer(key.model)
+        if tokenizer is None:
+            return key
+        if body_bytes <= INLINE_TOKENIZE_BYTES:
+            engine_key = tokenized(key, tokenizer)
+        else:
+            engine_key = await asyncio.to_thread(tokenized, key, tokenizer)
+        if engine_key is None:
+            self.service.count_tokenizer_fallback(key.model)
+            return key
+        return engine_key
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.settings.max_body_bytes

@@ -2,15 +2,18 @@
 
 Chat messages are rendered in order, role then content, so that requests sharing a
 system prompt or a conversation history share a prefix of the rendered text and the
-router's prefix index can match it block by block.
+router's prefix index can match it block by block. A model with a tokenizer configured
+is routed by the engine's own tokens instead (:func:`tokenized`), which is what its KV
+events report.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from llmlb_fast.tokenizer import ModelTokenizer, TemplateError
 from llmlb_fast.transports.http_errors import invalid_request
 
 CHAT_PATH = "/v1/chat/completions"
@@ -24,6 +27,9 @@ class RoutingKey:
     token_ids: list[int] | None
     expected_output_tokens: int | None
     stream: bool
+    # The chat request's messages and tools, for a model's chat template.
+    messages: list[dict[str, Any]] | None = None
+    tools: object = None
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -44,8 +50,10 @@ def routing_key(path: str, body: dict[str, Any]) -> RoutingKey:
         raise invalid_request("Missing required parameter: 'model'.", "missing_model")
     prompt: str | None
     token_ids: list[int] | None = None
+    messages = None
     if path == CHAT_PATH:
         prompt = render_messages(body.get("messages"))
+        messages = body["messages"]
     else:
         prompt, token_ids = completion_prompt(body.get("prompt"))
     return RoutingKey(
@@ -54,7 +62,24 @@ def routing_key(path: str, body: dict[str, Any]) -> RoutingKey:
         token_ids=token_ids,
         expected_output_tokens=expected_output_tokens(body),
         stream=body.get("stream") is True,
+        messages=messages,
+        tools=body.get("tools"),
     )
+
+
+def tokenized(key: RoutingKey, tokenizer: ModelTokenizer) -> RoutingKey | None:
+    """The key as the engine's token ids; None when the chat template refuses the
+    request (it is then routed by text)."""
+    if key.token_ids is not None:
+        return key
+    try:
+        if key.messages is not None:
+            ids = tokenizer.encode_chat(key.messages, key.tools)
+        else:
+            ids = tokenizer.encode_text(key.prompt or "")
+    except TemplateError:
+        return None
+    return replace(key, prompt=None, token_ids=ids)
 
 
 def render_messages(messages: object) -> str:

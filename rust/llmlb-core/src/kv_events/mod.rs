@@ -162,28 +162,55 @@ impl IndexHashes {
     }
 }
 
-/// Set in [`EngineBlock::links`] when the block has a parent.
-const HAS_PARENT: u32 = 1 << 31;
+/// Which of [`EngineBlock`]'s links are set.
+const HAS_PARENT: u32 = 1;
+const HAS_CHILD: u32 = 2;
+const HAS_SIBLING: u32 = 4;
 
-/// 40 bytes: a map of a million of them stays near 100 B per block with its buckets.
+/// 56 bytes: a map of a million of them takes about 120 B per block with its buckets.
+/// The blocks below one are a list (first child, then each child's next sibling), so a
+/// removal finds what hangs below it without scanning the map.
 #[derive(Debug, Clone)]
 struct EngineBlock {
     /// The engine hash of the block before it (when [`HAS_PARENT`] is set).
     parent: EngineHash,
+    first_child: EngineHash,
+    next_sibling: EngineHash,
     index: IndexHashes,
     /// Index blocks before its first one (its first index hash's depth in the chain).
     depth: u32,
-    /// Engine blocks stored below this one on this rank, and [`HAS_PARENT`].
     links: u32,
 }
 
 impl EngineBlock {
-    fn parent(&self) -> Option<EngineHash> {
-        (self.links & HAS_PARENT != 0).then_some(self.parent)
+    fn link(&self, flag: u32, hash: EngineHash) -> Option<EngineHash> {
+        (self.links & flag != 0).then_some(hash)
     }
 
-    fn children(&self) -> u32 {
-        self.links & !HAS_PARENT
+    fn parent(&self) -> Option<EngineHash> {
+        self.link(HAS_PARENT, self.parent)
+    }
+
+    fn first_child(&self) -> Option<EngineHash> {
+        self.link(HAS_CHILD, self.first_child)
+    }
+
+    fn next_sibling(&self) -> Option<EngineHash> {
+        self.link(HAS_SIBLING, self.next_sibling)
+    }
+
+    fn set_first_child(&mut self, child: Option<EngineHash>) {
+        self.first_child = child.unwrap_or_default();
+        self.links = (self.links & !HAS_CHILD) | if child.is_some() { HAS_CHILD } else { 0 };
+    }
+
+    fn set_next_sibling(&mut self, sibling: Option<EngineHash>) {
+        self.next_sibling = sibling.unwrap_or_default();
+        self.links = (self.links & !HAS_SIBLING) | if sibling.is_some() { HAS_SIBLING } else { 0 };
+    }
+
+    fn is_leaf(&self) -> bool {
+        self.links & HAS_CHILD == 0
     }
 
     fn index_hashes(&self) -> &[u64] {
@@ -283,18 +310,24 @@ impl NodeCache {
                 for &h in mapped.index.as_slice() {
                     *self.refs.entry(h).or_default() += 1;
                 }
+                // Pushed at the head of its parent's list of children.
+                let mut sibling = None;
                 if let Some(p) = parent.and_then(|p| rank_blocks.blocks.get_mut(&p)) {
-                    p.links += 1;
+                    sibling = p.first_child();
+                    p.set_first_child(Some(hash));
                 }
                 if !mapped.tail.is_empty() {
                     rank_blocks.tails.insert(hash, mapped.tail.into());
                 }
-                let block = EngineBlock {
+                let mut block = EngineBlock {
                     parent: parent.unwrap_or_default(),
+                    first_child: 0,
+                    next_sibling: 0,
                     index: mapped.index,
                     depth: mapped.depth,
                     links: if parent.is_some() { HAS_PARENT } else { 0 },
                 };
+                block.set_next_sibling(sibling);
                 rank_blocks.blocks.insert(hash, block);
                 stored += 1;
             }
@@ -419,7 +452,7 @@ impl NodeCache {
         let mut chains = Vec::new();
         for (&rank, blocks) in &self.ranks {
             for (&hash, block) in &blocks.blocks {
-                if block.children() > 0 {
+                if !block.is_leaf() {
                     continue;
                 }
                 if let Some(end) = self.chain_end(rank, Some(hash)) {
@@ -436,7 +469,7 @@ impl NodeCache {
         let leaves: Vec<EngineHash> = self.ranks[&rank]
             .blocks
             .iter()
-            .filter(|(_, b)| b.children() == 0)
+            .filter(|(_, b)| b.is_leaf())
             .map(|(&h, _)| h)
             .collect();
         for block in self.ranks[&rank].blocks.values() {
@@ -536,20 +569,18 @@ impl NodeCache {
     /// a removed one are unreachable for the engine's prefix lookup, so they leave too.
     fn with_descendants(&self, rank: u32, gone: Vec<EngineHash>) -> Vec<EngineHash> {
         let blocks = &self.ranks[&rank].blocks;
-        if gone.iter().all(|h| blocks[h].children() == 0) {
+        if gone.iter().all(|h| blocks[h].is_leaf()) {
             return gone;
         }
-        // Rare (engines evict tail first): scans, repeated until nothing is added.
-        let mut out: std::collections::HashSet<EngineHash> = gone.into_iter().collect();
-        loop {
-            let before = out.len();
-            for (&h, b) in blocks {
-                if b.parent().is_some_and(|p| out.contains(&p)) {
-                    out.insert(h);
+        let mut out: std::collections::HashSet<EngineHash> = gone.iter().copied().collect();
+        let mut stack = gone;
+        while let Some(hash) = stack.pop() {
+            let mut child = blocks[&hash].first_child();
+            while let Some(c) = child {
+                if out.insert(c) {
+                    stack.push(c);
                 }
-            }
-            if out.len() == before {
-                break;
+                child = blocks[&c].next_sibling();
             }
         }
         let mut out: Vec<EngineHash> = out.into_iter().collect();
@@ -565,10 +596,8 @@ impl NodeCache {
             return;
         };
         rank_blocks.tails.remove(&hash);
-        if let Some(parent) = block.parent().and_then(|p| rank_blocks.blocks.get_mut(&p)) {
-            if parent.children() > 0 {
-                parent.links -= 1;
-            }
+        if let Some(parent) = block.parent() {
+            unlink_child(&mut rank_blocks.blocks, parent, hash, block.next_sibling());
         }
         for &h in block.index_hashes() {
             if let Some(count) = self.refs.get_mut(&h) {
@@ -597,6 +626,33 @@ impl NodeCache {
             })
             .sum();
         per_rank + table_bytes::<(u64, u32)>(self.refs.capacity())
+    }
+}
+
+/// Takes `child` out of `parent`'s list of children (`next` followed it).
+fn unlink_child(
+    blocks: &mut HashMap<EngineHash, EngineBlock, Mixed>,
+    parent: EngineHash,
+    child: EngineHash,
+    next: Option<EngineHash>,
+) {
+    let Some(first) = blocks.get(&parent).and_then(EngineBlock::first_child) else {
+        return;
+    };
+    if first == child {
+        blocks
+            .get_mut(&parent)
+            .expect("present")
+            .set_first_child(next);
+        return;
+    }
+    let mut at = first;
+    while let Some(sibling) = blocks.get(&at).and_then(EngineBlock::next_sibling) {
+        if sibling == child {
+            blocks.get_mut(&at).expect("present").set_next_sibling(next);
+            return;
+        }
+        at = sibling;
     }
 }
 

@@ -181,5 +181,5 @@ fn hashes_without_tokens_are_the_index_chain() {
 
 #[test]
 fn an_engine_block_entry_stays_small() {
-    assert_eq!(size_of::<EngineBlock>(), 40);
+    assert_eq!(size_of::<EngineBlock>(), 56);
 }
