@@ -57,11 +57,32 @@ def test_int_hashes_engine_block_sizes_and_models_seed_the_chain() -> None:
     assert router.prefix_credit(token_ids=TOKENS, model="m")["a"].blocks == 2
 
 
-def test_lower_tiers_are_counted_not_credited() -> None:
-    router = live_router("a")
-    outcome = router.kv_blocks_stored("a", [1], None, TOKENS[:16], medium="CPU")
-    assert (outcome.offloaded_blocks, outcome.stored_blocks) == (1, 0)
+def test_lower_tiers_are_credited_apart_with_their_weight() -> None:
+    router = live_router("a", offloaded_prefix_weight=0.5)
+    outcome = router.kv_blocks_stored("a", [1, 2, 3, 4], None, TOKENS, medium="CPU")
+    assert (outcome.offloaded_blocks, outcome.stored_blocks) == (4, 0)
     assert credit(router, "a") == (0, 0)
+    assert router.prefix_credit(token_ids=TOKENS)["a"].offloaded_blocks == 4
+    assert router.route(token_ids=TOKENS).matched_blocks == 2  # four at half weight
+    router.kv_blocks_removed("a", [3], medium="CPU")
+    assert router.prefix_credit(token_ids=TOKENS)["a"].offloaded_blocks == 2
+    router.kv_cache_cleared("a")
+    assert router.prefix_credit(token_ids=TOKENS)["a"].offloaded_blocks == 0
+
+
+def test_vllm_offloading_connector_batches_credit_the_gpu_chains_they_moved() -> None:
+    """vLLM's OffloadingConnector: BlockStored(medium="CPU") of GPU block hashes, with
+    no parent and no tokens (block_size 0 in newer versions)."""
+    router = live_router("a")
+    router.kv_blocks_stored("a", [b"g0", b"g1", b"g2", b"g3"], None, TOKENS)
+    moved = ["BlockStored", [b"g0", b"g1", b"g2", b"g3"], None, [], 0, None, "CPU", None]
+    evicted = ["BlockRemoved", [b"g0", b"g1", b"g2", b"g3"], "GPU"]
+    payload = msgspec.msgpack.encode([1.0, [moved, evicted]])
+    outcome = router.apply_kv_event_batch("a", payload)
+    assert (outcome.offloaded_blocks, outcome.removed_blocks) == (4, 4)
+    assert outcome.skipped_events == 0
+    c = router.prefix_credit(token_ids=TOKENS)["a"]
+    assert (c.blocks, c.offloaded_blocks) == (0, 4)
 
 
 def test_a_store_under_an_unknown_parent_is_skipped() -> None:
@@ -120,6 +141,7 @@ def test_vllm_array_batches_apply_in_order() -> None:
     assert (outcome.stored_blocks, outcome.removed_blocks, outcome.offloaded_blocks) == (3, 1, 1)
     assert (outcome.ts, outcome.data_parallel_rank) == (12.5, 0)
     assert credit(router, "a") == (2, 0)
+    assert router.prefix_credit(token_ids=TOKENS)["a"].offloaded_blocks == 1
     cleared = router.apply_kv_event_batch(
         "a", encode_batch(KVEventBatch(13.0, [AllBlocksCleared()]))
     )

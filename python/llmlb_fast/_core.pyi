@@ -76,6 +76,7 @@ class RouterConfig:
         chars_per_token: float | None = ...,
         prefix_cache_size: int | None = ...,
         prefix_guess_ttl_s: float | None = ...,
+        offloaded_prefix_weight: float | None = ...,
         metrics_ttl_s: float | None = ...,
         request_ttl_s: float | None = ...,
         load_balance_window_s: float | None = ...,
@@ -100,6 +101,8 @@ class RouterConfig:
     def prefix_cache_size(self) -> int: ...
     @property
     def prefix_guess_ttl_s(self) -> float: ...
+    @property
+    def offloaded_prefix_weight(self) -> float: ...
     @property
     def metrics_ttl_s(self) -> float: ...
     @property
@@ -268,7 +271,8 @@ class KvEventsOutcome:
         a block size the index cannot align with."""
     @property
     def offloaded_blocks(self) -> int:
-        """Blocks of a tier below the GPU (counted, not credited)."""
+        """Blocks stored in a tier below the GPU (credited with
+        ``offloaded_prefix_weight``)."""
     @property
     def cleared(self) -> int: ...
     @property
@@ -292,6 +296,10 @@ class PrefixCredit:
     def guessed_blocks(self) -> int:
         """Routed to a node with live KV events, not confirmed yet (expires after one to
         two ``prefix_guess_ttl_s``)."""
+    @property
+    def offloaded_blocks(self) -> int:
+        """Held below GPU memory (KV events of another medium); in routing each block
+        past ``blocks`` counts for ``offloaded_prefix_weight`` of one."""
 
 @final
 class Router:
@@ -349,8 +357,8 @@ class Router:
         """One ``BlockStored``. With ``token_ids`` (``block_size`` per block, default
         ``token_block_size``) the hashes are the engine's own and the tokens place them
         in the router's chains (seeded by ``model`` and ``lora_name``); without, the
-        hashes are the router's chain hashes. A ``medium`` other than GPU is counted,
-        not credited."""
+        hashes are the router's chain hashes. A ``medium`` other than GPU (CPU or disk
+        offload) is a lower tier, credited with ``offloaded_prefix_weight``."""
     def kv_blocks_removed(
         self,
         node_id: str,
@@ -359,7 +367,8 @@ class Router:
         medium: str | None = None,
         rank: int = 0,
     ) -> KvEventsOutcome:
-        """One ``BlockRemoved``: the node loses those blocks and every block below."""
+        """One ``BlockRemoved`` (in the tier of ``medium``): the node loses those blocks
+        and every block below."""
     def kv_cache_cleared(self, node_id: str, *, rank: int | None = None) -> None:
         """``AllBlocksCleared`` on one data-parallel rank (None: every rank)."""
     def apply_kv_event_batch(

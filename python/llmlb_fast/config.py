@@ -155,6 +155,10 @@ class SchedulingConfig(_Strict):
     # How long a prompt routed to a node with live KV events counts as cached there
     # before its engine confirms it (a guess lives one to two of these).
     prefix_guess_ttl: Seconds = CORE_DEFAULTS.prefix_guess_ttl_s
+    # What a block an engine offloaded below GPU memory counts for (KV events' medium).
+    offloaded_prefix_weight: float = Field(
+        default=CORE_DEFAULTS.offloaded_prefix_weight, ge=0, le=1
+    )
     token_block_size: int = Field(default=CORE_DEFAULTS.token_block_size, gt=0)
     char_block_size: int = Field(default=CORE_DEFAULTS.char_block_size, gt=0)
     chars_per_token: float = Field(default=CORE_DEFAULTS.chars_per_token, gt=0)
@@ -383,6 +387,7 @@ class ServiceConfig(_Strict):
             chars_per_token=s.chars_per_token,
             prefix_cache_size=s.prefix_cache_size,
             prefix_guess_ttl_s=s.prefix_guess_ttl,
+            offloaded_prefix_weight=s.offloaded_prefix_weight,
             metrics_ttl_s=self.timeouts.metrics_ttl,
             request_ttl_s=self.timeouts.request,
             load_balance_window_s=self.load_balance_window,

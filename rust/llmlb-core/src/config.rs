@@ -40,6 +40,9 @@ pub struct RouterConfig {
     /// unconfirmed (between one and two of these): long enough for its prefill to run
     /// and the engine's `BlockStored` to arrive.
     pub prefix_guess_ttl_s: f64,
+    /// What a block a node's engine holds below the GPU (a `medium` other than GPU in
+    /// its KV events: CPU or disk offload) counts for, against one in GPU memory.
+    pub offloaded_prefix_weight: f64,
     /// Every policy's parameters, not only `policy`'s: a request may name another.
     pub policies: PolicyParams,
     /// Seed of the `random` policy.
@@ -63,6 +66,7 @@ impl Default for RouterConfig {
             default_output_tokens: 256,
             max_output_tokens: 4096,
             prefix_guess_ttl_s: 5.0,
+            offloaded_prefix_weight: 0.5,
             policies: PolicyParams::default(),
             seed: 0,
         }
@@ -94,6 +98,12 @@ impl RouterConfig {
         positive("request_ttl_s", self.request_ttl_s)?;
         positive("load_balance_window_s", self.load_balance_window_s)?;
         positive("prefix_guess_ttl_s", self.prefix_guess_ttl_s)?;
+        let weight = self.offloaded_prefix_weight;
+        if !(0.0..=1.0).contains(&weight) {
+            return Err(CoreError::InvalidConfig(format!(
+                "offloaded_prefix_weight must be in [0, 1], got {weight}"
+            )));
+        }
         let saturation = self.memory_saturation_threshold;
         if !(saturation > 0.0 && saturation <= 1.0) {
             return Err(CoreError::InvalidConfig(format!(

@@ -174,6 +174,24 @@ impl PrefixMatch {
         self.max_depth = self.max_depth.max(other.max_depth);
     }
 
+    /// Adds, per slot, `weight` of the blocks `other` holds past this match's depth (a
+    /// lower tier: what is not in GPU memory continues from there).
+    pub fn merge_weighted(&mut self, other: &PrefixMatch, weight: f64) {
+        for &(slot, lower) in &other.depth_by_slot {
+            let upper = self.depth_of(slot);
+            if lower <= upper {
+                continue;
+            }
+            let depth = upper + (weight * (lower - upper) as f64) as u32;
+            match self.depth_by_slot.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, d)) => *d = depth,
+                None if depth > 0 => self.depth_by_slot.push((slot, depth)),
+                None => {}
+            }
+            self.max_depth = self.max_depth.max(depth);
+        }
+    }
+
     /// Depth of every slot below `slots`, for callers that ask about many nodes.
     pub fn dense_depths(&self, slots: usize) -> Vec<u32> {
         let mut depths = vec![0; slots];

@@ -16,7 +16,7 @@ use crate::config::RouterConfig;
 use crate::error::{check_non_negative, CoreError, CoreResult};
 use crate::guesses::GuessIndex;
 use crate::hashing::{chain_hash_bytes, chain_hash_tokens, chain_seed};
-use crate::kv_events::{KvEventsState, NodeCache};
+use crate::kv_events::{KvEventsState, NodeCache, Tier};
 use crate::lifecycle::{Completion, InFlight, InFlightRegistry};
 use crate::node_table::{
     BreakerState, GpuMetrics, NodeEntry, NodeSpec, NodeStatus, NodeTable, Snapshot, Upserted,
@@ -143,8 +143,10 @@ pub struct Router {
     index: PrefixIndex,
     /// Prompts just routed to nodes whose credit comes from KV events (see `kv`).
     guesses: GuessIndex,
-    /// What each such node's engine holds, by slot, with the node's incarnation.
-    kv_caches: Mutex<std::collections::HashMap<u16, (u64, NodeCache)>>,
+    /// What nodes' engines hold below GPU memory (KV events of another medium).
+    offloaded: PrefixIndex,
+    /// What each such node's engine holds, by slot and tier, with the node's incarnation.
+    kv_caches: Mutex<std::collections::HashMap<(u16, Tier), (u64, NodeCache)>>,
     in_flight: InFlightRegistry,
     policies: Policies,
     clock: Clock,
@@ -173,6 +175,7 @@ impl Router {
         Ok(Router {
             index: PrefixIndex::new(config.prefix_cache_size),
             guesses: GuessIndex::new(guess_capacity(&config)),
+            offloaded: PrefixIndex::new(config.prefix_cache_size),
             kv_caches: Mutex::default(),
             policies: Policies::new(config.seed),
             config: ArcSwap::from_pointee(config),
@@ -194,6 +197,7 @@ impl Router {
     pub fn reconfigure(&self, config: RouterConfig) -> CoreResult<()> {
         config.validate()?;
         self.index.set_capacity(config.prefix_cache_size);
+        self.offloaded.set_capacity(config.prefix_cache_size);
         for node in &self.table.load().nodes {
             node.live
                 .window
@@ -232,6 +236,7 @@ impl Router {
         match upserted {
             Upserted::Added { slot, incarnation } => {
                 self.index.bind_node(slot, incarnation, budget);
+                self.offloaded.bind_node(slot, incarnation, None);
                 self.guesses.bind_node(slot, incarnation);
             }
             Upserted::Updated { slot, .. } => self.index.set_node_budget(slot, budget),
@@ -245,8 +250,9 @@ impl Router {
     pub fn remove_node(&self, node_id: &str) -> CoreResult<Vec<String>> {
         let removed = self.table.remove(node_id)?;
         self.index.retire_node(removed.slot);
+        self.offloaded.retire_node(removed.slot);
         self.guesses.retire_node(removed.slot);
-        self.kv_caches.lock().remove(&removed.slot);
+        (self.kv_caches.lock()).retain(|(slot, _), _| *slot != removed.slot);
         Ok(self.in_flight.ids_on_node(node_id))
     }
 
@@ -271,6 +277,7 @@ impl Router {
     pub fn clear_node_cache(&self, node_id: &str) -> CoreResult<()> {
         let node = self.table.get(node_id)?;
         self.index.forget_node(node.slot);
+        self.offloaded.forget_node(node.slot);
         self.guesses.forget_node(node.slot);
         Ok(())
     }
@@ -313,6 +320,10 @@ impl Router {
         let mut matched = confirmed.clone();
         if !prompt.hashes.is_empty() && !self.guesses.is_empty() {
             matched.merge_max(&self.guesses.lookup(&prompt.hashes, now));
+        }
+        if !prompt.hashes.is_empty() && !self.offloaded.is_empty() {
+            let lower = self.offloaded.lookup(&prompt.hashes, now);
+            matched.merge_weighted(&lower, config.offloaded_prefix_weight);
         }
         let rules = CandidateRules {
             metrics_ttl_ns: secs_to_ns(config.metrics_ttl_s),
@@ -576,7 +587,7 @@ impl Router {
                     metrics: last.map(|t| t.metrics.clone()),
                     prefix_blocks: self.index.blocks_held_by(node.slot),
                     kv_events: live.kv_events(),
-                    kv_engine_blocks: (kv_caches.get(&node.slot))
+                    kv_engine_blocks: (kv_caches.get(&(node.slot, Tier::Gpu)))
                         .filter(|(incarnation, _)| *incarnation == node.incarnation)
                         .map_or(0, |(_, cache)| cache.engine_blocks() as u64),
                 }
@@ -605,12 +616,14 @@ impl Router {
         let now = self.clock.now_ns();
         let confirmed = self.index.peek(&prompt.hashes, now);
         let guessed = self.guesses.lookup(&prompt.hashes, now);
+        let offloaded = self.offloaded.peek(&prompt.hashes, now);
         let nodes = &self.table.load().nodes;
         Ok((nodes.iter())
             .map(|node| PrefixCredit {
                 node_id: node.spec.id.clone(),
                 blocks: confirmed.depth_of(node.slot),
                 guessed_blocks: guessed.depth_of(node.slot),
+                offloaded_blocks: offloaded.depth_of(node.slot),
             })
             .collect())
     }
@@ -622,6 +635,8 @@ pub struct PrefixCredit {
     pub node_id: Arc<str>,
     pub blocks: u32,
     pub guessed_blocks: u32,
+    /// Held below GPU memory (from KV events of another medium).
+    pub offloaded_blocks: u32,
 }
 
 fn release(

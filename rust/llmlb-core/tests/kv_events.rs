@@ -304,3 +304,95 @@ fn unconfirmed_nodes_keep_their_credit_as_expiring_guesses() {
     harness.store(0, &[2], 1);
     assert_eq!(harness.credit(0, &[2]), (1, 0));
 }
+
+/// Blocks an engine offloaded (another medium) count for `offloaded_prefix_weight` of
+/// those in GPU memory, past what GPU memory holds.
+#[test]
+fn offloaded_blocks_are_credited_with_their_weight() {
+    let harness = Harness::new(true);
+    let router = &harness.router;
+    let path: Path = vec![0, 1, 2, 0];
+    let tokens = tokens_of(&path);
+    let hashes: Vec<u64> = (1..=4).map(|d| engine_hash(&path[..d])).collect();
+    let stored = |hashes: &[u64], parent: Option<u64>, tokens: &[u32], medium| {
+        let event = StoredBlocks {
+            block_hashes: hashes,
+            parent,
+            token_ids: Some(tokens),
+            block_size: BLOCK,
+            seed: HASH_SEED,
+        };
+        router.kv_blocks_stored("a", 0, &event, medium).unwrap()
+    };
+    assert_eq!(
+        stored(&hashes, None, &tokens, Some("CPU")).offloaded_blocks,
+        4
+    );
+    stored(&hashes[..1], None, &tokens[..BLOCK], None);
+    let credit = harness.credit(0, &path);
+    assert_eq!(credit, (1, 0));
+    let request = Harness::request(&tokens, &["b"]);
+    let decision = router.route(&request).unwrap();
+    // One block in GPU memory, three more offloaded at half weight: 1 + 1.5, floored.
+    assert_eq!(decision.matched_blocks, 2);
+    // The engine dropped the second offloaded block: the two below it go with it.
+    router
+        .kv_blocks_removed("a", 0, &hashes[1..2], Some("cpu"))
+        .unwrap();
+    let credits = router
+        .prefix_credit(&Harness::request(&tokens, &[]))
+        .unwrap();
+    let a = credits.iter().find(|c| &*c.node_id == "a").unwrap();
+    assert_eq!((a.blocks, a.offloaded_blocks), (1, 1));
+}
+
+/// vLLM's offloading connector reports blocks moved to CPU memory by their GPU hashes,
+/// with no tokens and no parent: they are the GPU tier's blocks, and stay credited
+/// (weighted) after GPU memory evicts them.
+#[test]
+fn offloaded_blocks_without_tokens_are_the_gpu_blocks_of_their_hashes() {
+    let harness = Harness::new(true);
+    let router = &harness.router;
+    let path: Path = vec![2, 1, 0, 1];
+    let tokens = tokens_of(&path);
+    let hashes: Vec<u64> = (1..=4).map(|d| engine_hash(&path[..d])).collect();
+    let event = |hashes: &'static [u64], tokens: Option<&'static [u32]>| StoredBlocks {
+        block_hashes: hashes,
+        parent: None,
+        token_ids: tokens,
+        block_size: if tokens.is_some_and(|t| t.is_empty()) {
+            0
+        } else {
+            BLOCK
+        },
+        seed: HASH_SEED,
+    };
+    let hashes: &'static [u64] = hashes.leak();
+    let tokens: &'static [u32] = tokens.leak();
+    router
+        .kv_blocks_stored("a", 0, &event(hashes, Some(tokens)), None)
+        .unwrap();
+    let moved = router
+        .kv_blocks_stored("a", 0, &event(hashes, Some(&[])), Some("CPU"))
+        .unwrap();
+    assert_eq!((moved.offloaded_blocks, moved.skipped_events), (4, 0));
+    router.kv_blocks_removed("a", 0, hashes, None).unwrap();
+    let credit = |router: &Router| {
+        let credits = router
+            .prefix_credit(&Harness::request(tokens, &[]))
+            .unwrap();
+        let a = credits.into_iter().find(|c| &*c.node_id == "a").unwrap();
+        (a.blocks, a.offloaded_blocks)
+    };
+    assert_eq!(credit(router), (0, 4));
+    let decision = router.route(&Harness::request(tokens, &["b"])).unwrap();
+    assert_eq!(
+        decision.matched_blocks, 2,
+        "four offloaded blocks at half weight"
+    );
+    // The CPU tier evicts the third block: its chain is found in that tier alone now.
+    router
+        .kv_blocks_removed("a", 0, &hashes[2..3], Some("CPU"))
+        .unwrap();
+    assert_eq!(credit(router), (0, 2));
+}

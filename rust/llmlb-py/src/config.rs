@@ -46,6 +46,7 @@ impl RouterConfig {
         chars_per_token = None,
         prefix_cache_size = None,
         prefix_guess_ttl_s = None,
+        offloaded_prefix_weight = None,
         metrics_ttl_s = None,
         request_ttl_s = None,
         load_balance_window_s = None,
@@ -66,6 +67,7 @@ impl RouterConfig {
         chars_per_token: Option<f64>,
         prefix_cache_size: Option<usize>,
         prefix_guess_ttl_s: Option<f64>,
+        offloaded_prefix_weight: Option<f64>,
         metrics_ttl_s: Option<f64>,
         request_ttl_s: Option<f64>,
         load_balance_window_s: Option<f64>,
@@ -87,6 +89,7 @@ impl RouterConfig {
         given(&mut inner.chars_per_token, chars_per_token);
         given(&mut inner.prefix_cache_size, prefix_cache_size);
         given(&mut inner.prefix_guess_ttl_s, prefix_guess_ttl_s);
+        given(&mut inner.offloaded_prefix_weight, offloaded_prefix_weight);
         given(&mut inner.metrics_ttl_s, metrics_ttl_s);
         given(&mut inner.request_ttl_s, request_ttl_s);
         given(&mut inner.load_balance_window_s, load_balance_window_s);
@@ -136,6 +139,10 @@ impl RouterConfig {
     #[getter]
     fn prefix_guess_ttl_s(&self) -> f64 {
         self.inner.prefix_guess_ttl_s
+    }
+    #[getter]
+    fn offloaded_prefix_weight(&self) -> f64 {
+        self.inner.offloaded_prefix_weight
     }
     #[getter]
     fn metrics_ttl_s(&self) -> f64 {
@@ -220,13 +227,14 @@ impl RouterConfig {
     }
 }
 
-const FIELDS: [&str; 14] = [
+const FIELDS: [&str; 15] = [
     "policy",
     "token_block_size",
     "char_block_size",
     "chars_per_token",
     "prefix_cache_size",
     "prefix_guess_ttl_s",
+    "offloaded_prefix_weight",
     "metrics_ttl_s",
     "request_ttl_s",
     "load_balance_window_s",

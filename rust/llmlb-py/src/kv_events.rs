@@ -17,7 +17,7 @@ pub struct KvEventsOutcome {
     /// Events that could not be placed: a parent never stored, tokens that do not fill
     /// the blocks, a block size the index cannot align with.
     pub skipped_events: u64,
-    /// Blocks of a lower tier than the GPU (counted, not credited).
+    /// Blocks stored in a tier below the GPU (credited with `offloaded_prefix_weight`).
     pub offloaded_blocks: u64,
     pub cleared: u64,
     /// Events of a kind the router does not know (skipped).
@@ -77,14 +77,16 @@ pub struct PrefixCredit {
     pub blocks: u32,
     /// Routed to a node with live KV events and not confirmed yet (expires).
     pub guessed_blocks: u32,
+    /// Held below GPU memory (KV events of another medium).
+    pub offloaded_blocks: u32,
 }
 
 #[pymethods]
 impl PrefixCredit {
     fn __repr__(&self) -> String {
         format!(
-            "PrefixCredit(node_id={:?}, blocks={}, guessed_blocks={})",
-            self.node_id, self.blocks, self.guessed_blocks
+            "PrefixCredit(node_id={:?}, blocks={}, guessed_blocks={}, offloaded_blocks={})",
+            self.node_id, self.blocks, self.guessed_blocks, self.offloaded_blocks
         )
     }
 }
@@ -95,6 +97,7 @@ impl From<core::PrefixCredit> for PrefixCredit {
             node_id: credit.node_id.to_string(),
             blocks: credit.blocks,
             guessed_blocks: credit.guessed_blocks,
+            offloaded_blocks: credit.offloaded_blocks,
         }
     }
 }

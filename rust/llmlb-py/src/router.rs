@@ -182,7 +182,8 @@ impl Router {
             .map_err(|e| invalid_input(format!("parent_block_hash: {e}")))?;
         let tokens = token_ids.map(prompt_args::token_ids).transpose()?;
         let block_size = block_size.unwrap_or(self.inner.config().token_block_size);
-        if block_size == 0 {
+        // 0 only with no tokens (blocks an engine moved to a lower tier).
+        if block_size == 0 && tokens.as_ref().is_none_or(|t| !t.is_empty()) {
             return Err(invalid_input("block_size must be >= 1"));
         }
         let event = core::StoredBlocks {

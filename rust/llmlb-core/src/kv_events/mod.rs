@@ -80,6 +80,24 @@ pub fn is_gpu_medium(medium: Option<&str>) -> bool {
     medium.is_none_or(|m| m.eq_ignore_ascii_case("gpu"))
 }
 
+/// Where an engine holds a block: GPU memory, or a lower tier (CPU, disk: any other
+/// `medium`), credited with `offloaded_prefix_weight`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    Gpu = 0,
+    Lower = 1,
+}
+
+impl Tier {
+    pub fn of_medium(medium: Option<&str>) -> Self {
+        if is_gpu_medium(medium) {
+            Tier::Gpu
+        } else {
+            Tier::Lower
+        }
+    }
+}
+
 /// One `BlockStored` event, borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct StoredBlocks<'a> {
@@ -250,7 +268,7 @@ pub struct Applied {
     /// Events that could not be placed: a parent never stored (or gone), tokens that do
     /// not fill the blocks, block sizes the index cannot align with.
     pub skipped_events: u64,
-    /// Blocks of a lower tier (counted, not credited).
+    /// Blocks stored in a lower tier (credited with `offloaded_prefix_weight`).
     pub offloaded_blocks: u64,
 }
 
@@ -288,6 +306,19 @@ impl NodeCache {
         index_block_size: usize,
         sink: &mut dyn CreditSink,
     ) -> Applied {
+        self.store_in(rank, event, index_block_size, sink, None)
+    }
+
+    /// [`store`](Self::store) for a lower tier, whose chains may continue blocks only
+    /// `gpu` holds.
+    pub fn store_in(
+        &mut self,
+        rank: u32,
+        event: &StoredBlocks<'_>,
+        index_block_size: usize,
+        sink: &mut dyn CreditSink,
+        gpu: Option<&NodeCache>,
+    ) -> Applied {
         let skipped = Applied {
             skipped_events: 1,
             ..Applied::default()
@@ -295,7 +326,7 @@ impl NodeCache {
         if event.block_hashes.is_empty() {
             return Applied::default();
         }
-        let Some(mut end) = self.chain_end(rank, event.parent) else {
+        let Some(mut end) = self.chain_end_in(rank, event.parent, gpu) else {
             return skipped;
         };
         let Some(per_block) = self.index_blocks_of(event, index_block_size, &mut end) else {
@@ -351,6 +382,18 @@ impl NodeCache {
         hashes: &[EngineHash],
         sink: &mut dyn CreditSink,
     ) -> Applied {
+        self.remove_in(rank, hashes, sink, None)
+    }
+
+    /// [`remove`](Self::remove) for a lower tier whose chains may run through blocks
+    /// only `gpu` holds.
+    pub fn remove_in(
+        &mut self,
+        rank: u32,
+        hashes: &[EngineHash],
+        sink: &mut dyn CreditSink,
+        gpu: Option<&NodeCache>,
+    ) -> Applied {
         let Some(rank_blocks) = self.ranks.get(&rank) else {
             return Applied::default();
         };
@@ -367,7 +410,7 @@ impl NodeCache {
         let removed = gone.len() as u64;
         let all = self.with_descendants(rank, gone);
         // Chains first, while every ancestor is still in the map.
-        let (paths, cuts) = self.release_points(rank, &all);
+        let (paths, cuts) = self.release_points(rank, &all, gpu);
         let mut released = Vec::new();
         for &hash in &all {
             self.forget_block(rank, hash, &mut released);
@@ -398,6 +441,7 @@ impl NodeCache {
         &self,
         rank: u32,
         all: &[EngineHash],
+        fallback: Option<&NodeCache>,
     ) -> (Vec<Vec<u64>>, Vec<(usize, usize)>) {
         let blocks = &self.ranks[&rank].blocks;
         let mut order: Vec<&EngineBlock> = all
@@ -415,7 +459,7 @@ impl NodeCache {
             let path = match on {
                 Some(path) => path,
                 None => {
-                    let Some(mut end) = self.chain_end(rank, block.parent()) else {
+                    let Some(mut end) = self.chain_end_in(rank, block.parent(), fallback) else {
                         continue;
                     };
                     end.hashes.extend_from_slice(block.index_hashes());
@@ -489,6 +533,17 @@ impl NodeCache {
     /// The chain at the end of engine block `parent` on `rank` (the empty chain for
     /// None); None when the block is unknown.
     fn chain_end(&self, rank: u32, parent: Option<EngineHash>) -> Option<ChainEnd> {
+        self.chain_end_in(rank, parent, None)
+    }
+
+    /// [`chain_end`](Self::chain_end), taking the blocks this map lacks from `fallback`
+    /// (a lower tier's chain runs through blocks only GPU memory holds).
+    fn chain_end_in(
+        &self,
+        rank: u32,
+        parent: Option<EngineHash>,
+        fallback: Option<&NodeCache>,
+    ) -> Option<ChainEnd> {
         let Some(parent) = parent else {
             return Some(ChainEnd::default());
         };
@@ -497,26 +552,85 @@ impl NodeCache {
                 return Some(end.clone());
             }
         }
-        let rank_blocks = self.ranks.get(&rank)?;
-        let blocks = &rank_blocks.blocks;
-        let start = blocks.get(&parent)?;
+        let find = |hash: &EngineHash| {
+            (self.ranks.get(&rank).and_then(|r| r.blocks.get(hash)))
+                .or_else(|| fallback?.ranks.get(&rank)?.blocks.get(hash))
+        };
         let mut reversed: Vec<u64> = Vec::new();
-        let mut at = Some(start);
+        let mut at = Some(find(&parent)?);
         while let Some(block) = at {
             reversed.extend(block.index_hashes().iter().rev());
             at = match block.parent() {
-                Some(p) => Some(blocks.get(&p)?),
+                Some(p) => Some(find(&p)?),
                 None => None,
             };
         }
         reversed.reverse();
+        let tail = (self.ranks.get(&rank).and_then(|r| r.tails.get(&parent)))
+            .or_else(|| fallback?.ranks.get(&rank)?.tails.get(&parent));
         Some(ChainEnd {
             hashes: reversed,
-            tail: rank_blocks
-                .tails
-                .get(&parent)
-                .map_or_else(Vec::new, |t| t.to_vec()),
+            tail: tail.map_or_else(Vec::new, |t| t.to_vec()),
         })
+    }
+
+    /// Takes in blocks an engine moved to this (lower) tier without their tokens or
+    /// parents, as vLLM's offloading connector reports them: each is the block of the
+    /// same engine hash in `gpu`, which must still know it.
+    pub fn adopt(
+        &mut self,
+        rank: u32,
+        hashes: &[EngineHash],
+        gpu: &NodeCache,
+        sink: &mut dyn CreditSink,
+    ) -> Applied {
+        let Some(known) = gpu.ranks.get(&rank) else {
+            return Applied {
+                skipped_events: u64::from(!hashes.is_empty()),
+                ..Applied::default()
+            };
+        };
+        let mut applied = Applied::default();
+        let mut adopted = Vec::new();
+        for &hash in hashes {
+            let Some(block) = known.blocks.get(&hash) else {
+                applied.skipped_events = 1;
+                continue;
+            };
+            let rank_blocks = self.ranks.entry(rank).or_default();
+            if rank_blocks.blocks.contains_key(&hash) {
+                continue;
+            }
+            for &h in block.index_hashes() {
+                *self.refs.entry(h).or_default() += 1;
+            }
+            let mut copy = block.clone();
+            copy.set_first_child(None);
+            copy.set_next_sibling(None);
+            if let Some(p) = block.parent().and_then(|p| rank_blocks.blocks.get_mut(&p)) {
+                copy.set_next_sibling(p.first_child());
+                p.set_first_child(Some(hash));
+            }
+            if let Some(tail) = known.tails.get(&hash) {
+                rank_blocks.tails.insert(hash, tail.clone());
+            }
+            rank_blocks.blocks.insert(hash, copy);
+            adopted.push(hash);
+            applied.stored_blocks += 1;
+        }
+        self.last = None;
+        // One credit per chain: the adopted blocks no other adopted block continues.
+        let parents: std::collections::HashSet<EngineHash> = (adopted.iter())
+            .filter_map(|h| self.ranks[&rank].blocks[h].parent())
+            .collect();
+        for hash in adopted.iter().filter(|h| !parents.contains(h)) {
+            if let Some(end) = self.chain_end_in(rank, Some(*hash), Some(gpu)) {
+                if !end.hashes.is_empty() {
+                    sink.credit(&end.hashes);
+                }
+            }
+        }
+        applied
     }
 
     /// Per engine block of `event`: the index hashes ending in it and the tokens left

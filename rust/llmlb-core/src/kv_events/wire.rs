@@ -126,10 +126,11 @@ fn decode_event(value: &Value) -> Result<KvEvent, String> {
             block_hashes: hashes(field("block_hashes"))?,
             parent_block_hash: optional(field("parent_block_hash"), hash)?,
             token_ids: token_ids(field("token_ids"))?,
+            // 0 with no tokens: vLLM's offloading connector (blocks moved to a lower tier).
             block_size: field("block_size")
                 .and_then(Value::as_u64)
-                .filter(|&n| n > 0 && n <= u32::MAX as u64)
-                .ok_or("block_size is not a positive int")? as usize,
+                .filter(|&n| n <= u32::MAX as u64)
+                .ok_or("block_size is not a non-negative int")? as usize,
             lora_name: optional(field("lora_name"), text)?,
             medium: optional(field("medium"), text)?,
         }),

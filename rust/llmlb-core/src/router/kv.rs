@@ -1,5 +1,6 @@
-//! The router's side of engine KV-cache events: per-node engine maps
-//! ([`NodeCache`]) turned into credit in the main index, removals applied to guesses too.
+//! The router's side of engine KV-cache events: per-node and per-tier engine maps
+//! ([`NodeCache`]) turned into credit in the main index (GPU memory) or the offloaded
+//! one (lower tiers); GPU removals apply to guesses too.
 
 use std::sync::Arc;
 
@@ -7,9 +8,10 @@ use crate::error::{CoreError, CoreResult};
 use crate::hashing::chain_seed;
 use crate::kv_events::wire::{decode_batch, KvEvent};
 use crate::kv_events::{
-    is_gpu_medium, Applied, CreditSink, EngineHash, KvEventsState, NodeCache, StoredBlocks,
+    Applied, CreditSink, EngineHash, KvEventsState, NodeCache, StoredBlocks, Tier,
 };
 use crate::node_table::NodeEntry;
+use crate::prefix_index::PrefixIndex;
 
 use super::Router;
 
@@ -24,27 +26,41 @@ pub struct BatchOutcome {
     pub ts: f64,
 }
 
-/// One node's index credit, as [`NodeCache`] changes it.
+/// One node's credit in one tier, as [`NodeCache`] changes it.
 struct NodeCredit<'a> {
     router: &'a Router,
     node: &'a NodeEntry,
+    tier: Tier,
     stamp: u64,
+}
+
+impl NodeCredit<'_> {
+    fn index(&self) -> &PrefixIndex {
+        match self.tier {
+            Tier::Gpu => &self.router.index,
+            Tier::Lower => &self.router.offloaded,
+        }
+    }
 }
 
 impl CreditSink for NodeCredit<'_> {
     fn credit(&mut self, chain: &[u64]) {
         let (slot, owner) = (self.node.slot, self.node.incarnation);
-        (self.router.index).insert_from(chain, 0, slot, owner, self.stamp);
+        self.index().insert_from(chain, 0, slot, owner, self.stamp);
     }
 
     fn release(&mut self, chain: &[u64]) {
-        self.router.index.release_from(chain, self.node.slot);
-        self.router.guesses.release_from(chain, self.node.slot);
+        self.index().release_from(chain, self.node.slot);
+        if self.tier == Tier::Gpu {
+            self.router.guesses.release_from(chain, self.node.slot);
+        }
     }
 
     fn forget(&mut self) {
-        self.router.index.forget_node(self.node.slot);
-        self.router.guesses.forget_node(self.node.slot);
+        self.index().forget_node(self.node.slot);
+        if self.tier == Tier::Gpu {
+            self.router.guesses.forget_node(self.node.slot);
+        }
     }
 }
 
@@ -61,14 +77,17 @@ impl Router {
         let previous = node.live.set_kv_events(state);
         if state == KvEventsState::Unconfirmed && previous != KvEventsState::Unconfirmed {
             let now = self.clock.now_ns();
-            if let Some((incarnation, cache)) = caches.remove(&node.slot) {
+            if let Some((incarnation, cache)) = caches.remove(&(node.slot, Tier::Gpu)) {
                 if incarnation == node.incarnation {
                     for chain in cache.leaf_chains() {
                         (self.guesses).insert(&chain, node.slot, node.incarnation, now);
                     }
                 }
             }
+            // Lower tiers are not guessed at: their credit goes until events rebuild it.
+            caches.remove(&(node.slot, Tier::Lower));
             self.index.forget_node(node.slot);
+            self.offloaded.forget_node(node.slot);
         }
         Ok(previous)
     }
@@ -81,19 +100,12 @@ impl Router {
         event: &StoredBlocks<'_>,
         medium: Option<&str>,
     ) -> CoreResult<Applied> {
-        if !is_gpu_medium(medium) {
-            let n = event.block_hashes.len() as u64;
-            return Ok(Applied {
-                offloaded_blocks: n,
-                ..Applied::default()
-            });
-        }
         let block = self.config.load().token_block_size;
-        self.with_node_cache(node_id, |cache, sink| cache.store(rank, event, block, sink))
+        let tier = Tier::of_medium(medium);
+        self.with_node_caches(node_id, |caches| caches.store(tier, rank, event, block))
     }
 
-    /// Applies one `BlockRemoved` on `rank` of a node (lower tiers are not credited, so
-    /// their removals change nothing).
+    /// Applies one `BlockRemoved` on `rank` of a node, in the tier of `medium`.
     pub fn kv_blocks_removed(
         &self,
         node_id: &str,
@@ -101,16 +113,15 @@ impl Router {
         hashes: &[EngineHash],
         medium: Option<&str>,
     ) -> CoreResult<Applied> {
-        if !is_gpu_medium(medium) {
-            return Ok(Applied::default());
-        }
-        self.with_node_cache(node_id, |cache, sink| cache.remove(rank, hashes, sink))
+        self.with_node_caches(node_id, |caches| {
+            caches.remove(Tier::of_medium(medium), rank, hashes)
+        })
     }
 
-    /// The node's engine dropped its cache on `rank` (None: all of it).
+    /// The node's engine dropped its cache on `rank` (None: all of it), every tier.
     pub fn kv_cache_cleared(&self, node_id: &str, rank: Option<u32>) -> CoreResult<()> {
-        self.with_node_cache(node_id, |cache, sink| {
-            cache.clear(rank, sink);
+        self.with_node_caches(node_id, |caches| {
+            caches.clear(rank);
             Applied::default()
         })?;
         Ok(())
@@ -138,14 +149,10 @@ impl Router {
         };
         let mut unknown = 0;
         let mut cleared = 0;
-        let applied = self.with_node_cache(node_id, |cache, sink| {
+        let applied = self.with_node_caches(node_id, |caches| {
             let mut applied = Applied::default();
             for event in &batch.events {
                 applied += match event {
-                    KvEvent::Stored(e) if !is_gpu_medium(e.medium.as_deref()) => Applied {
-                        offloaded_blocks: e.block_hashes.len() as u64,
-                        ..Applied::default()
-                    },
                     KvEvent::Stored(e) => {
                         let stored = StoredBlocks {
                             block_hashes: &e.block_hashes,
@@ -154,15 +161,15 @@ impl Router {
                             block_size: e.block_size,
                             seed: chain_seed(model, e.lora_name.as_deref()),
                         };
-                        cache.store(rank, &stored, block, sink)
+                        caches.store(Tier::of_medium(e.medium.as_deref()), rank, &stored, block)
                     }
-                    KvEvent::Removed { medium, .. } if !is_gpu_medium(medium.as_deref()) => {
-                        Applied::default()
-                    }
-                    KvEvent::Removed { block_hashes, .. } => cache.remove(rank, block_hashes, sink),
+                    KvEvent::Removed {
+                        block_hashes,
+                        medium,
+                    } => caches.remove(Tier::of_medium(medium.as_deref()), rank, block_hashes),
                     KvEvent::Cleared => {
                         cleared += 1;
-                        cache.clear(Some(rank), sink);
+                        caches.clear(Some(rank));
                         Applied::default()
                     }
                     KvEvent::Unknown(_) => {
@@ -179,34 +186,89 @@ impl Router {
         Ok(outcome)
     }
 
-    /// Bytes of every node's engine map.
+    /// Bytes of every node's engine maps.
     pub fn kv_cache_bytes(&self) -> usize {
         (self.kv_caches.lock().values())
             .map(|(_, cache)| cache.bytes())
             .sum()
     }
 
-    /// Runs `apply` on the node's engine map (a fresh one for a new incarnation) with
-    /// the node's credit as the sink.
-    fn with_node_cache(
+    /// Runs `apply` on the node's engine maps (fresh ones for a new incarnation).
+    fn with_node_caches(
         &self,
         node_id: &str,
-        apply: impl FnOnce(&mut NodeCache, &mut dyn CreditSink) -> Applied,
+        apply: impl FnOnce(&mut NodeCaches<'_, '_>) -> Applied,
     ) -> CoreResult<Applied> {
         let node: Arc<NodeEntry> = self.table.get(node_id)?;
         let stamp = self.clock.now_ns();
         let mut caches = self.kv_caches.lock();
-        let entry = caches
-            .entry(node.slot)
-            .or_insert_with(|| (node.incarnation, NodeCache::default()));
-        if entry.0 != node.incarnation {
-            *entry = (node.incarnation, NodeCache::default());
+        let mut tiers = [Tier::Gpu, Tier::Lower].map(|tier| {
+            let entry = caches.remove(&(node.slot, tier));
+            let cache = match entry {
+                Some((incarnation, cache)) if incarnation == node.incarnation => cache,
+                _ => NodeCache::default(),
+            };
+            let sink = NodeCredit {
+                router: self,
+                node: &node,
+                tier,
+                stamp,
+            };
+            (cache, sink)
+        });
+        let applied = apply(&mut NodeCaches(&mut tiers));
+        for (cache, sink) in tiers {
+            if cache.engine_blocks() > 0 {
+                caches.insert((node.slot, sink.tier), (node.incarnation, cache));
+            }
         }
-        let mut sink = NodeCredit {
-            router: self,
-            node: &node,
-            stamp,
-        };
-        Ok(apply(&mut entry.1, &mut sink))
+        Ok(applied)
+    }
+}
+
+/// A node's engine maps and credit, GPU tier first.
+struct NodeCaches<'a, 'r>(&'a mut [(NodeCache, NodeCredit<'r>); 2]);
+
+impl NodeCaches<'_, '_> {
+    /// A store in `tier`; a lower tier's blocks without tokens (vLLM's offloading
+    /// connector sends none) are the GPU tier's blocks of the same hashes.
+    fn store(&mut self, tier: Tier, rank: u32, event: &StoredBlocks<'_>, block: usize) -> Applied {
+        let [(gpu, gpu_sink), (lower, lower_sink)] = &mut *self.0;
+        match tier {
+            Tier::Gpu => gpu.store(rank, event, block, gpu_sink),
+            Tier::Lower if event.token_ids.is_some_and(<[u32]>::is_empty) => {
+                tier_counted(tier, lower.adopt(rank, event.block_hashes, gpu, lower_sink))
+            }
+            Tier::Lower => tier_counted(
+                tier,
+                lower.store_in(rank, event, block, lower_sink, Some(gpu)),
+            ),
+        }
+    }
+
+    fn remove(&mut self, tier: Tier, rank: u32, hashes: &[EngineHash]) -> Applied {
+        let [(gpu, gpu_sink), (lower, lower_sink)] = &mut *self.0;
+        match tier {
+            Tier::Gpu => gpu.remove(rank, hashes, gpu_sink),
+            Tier::Lower => lower.remove_in(rank, hashes, lower_sink, Some(gpu)),
+        }
+    }
+
+    fn clear(&mut self, rank: Option<u32>) {
+        for (cache, sink) in self.0.iter_mut() {
+            cache.clear(rank, sink);
+        }
+    }
+}
+
+/// Lower-tier stores count as offloaded blocks.
+fn tier_counted(tier: Tier, applied: Applied) -> Applied {
+    match tier {
+        Tier::Gpu => applied,
+        Tier::Lower => Applied {
+            offloaded_blocks: applied.stored_blocks,
+            stored_blocks: 0,
+            ..applied
+        },
     }
 }
