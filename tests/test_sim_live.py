@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import aiohttp
 from llmlb_fast.sim.node_server import SimNode, text_to_tokens
 from llmlb_fast.sim.profiles import PROFILES
+
+from grpc_server.llmlb.v1 import router_pb2 as pb
 
 SYSTEM = "You are the assistant of a bookshop. Answer politely and concisely. " * 20
 
@@ -138,3 +141,51 @@ async def kv_events_scenario() -> None:
 
 def test_a_simulated_node_publishes_vllm_kv_events_over_zmq() -> None:
     asyncio.run(kv_events_scenario())
+
+
+async def live_kv_events_scenario(tmp_path: Path) -> None:
+    """What ``llmlb bench --live --live-kv-events`` sets up: nodes that tokenize with a
+    locally trained BPE and publish their KV events, a service whose proxy tokenizes
+    alike and follows the events; a shared system prompt is credited from the events."""
+    from grpc_harness import running_server
+    from llmlb_fast.sim.cluster import SimCluster
+    from llmlb_fast.sim.live_benchmark import add_kv_events
+    from llmlb_fast.sim.load_generator import WORDS
+    from llmlb_fast.sim.peer_routers import serve_config
+    from llmlb_fast.sim.sim_tokenizer import BOS, write_model_files
+    from llmlb_fast.tokenizer import ModelTokenizer
+
+    files = write_model_files(tmp_path, WORDS)
+    tokenizer = ModelTokenizer.from_files(*files, bos_token=BOS)
+    cluster = SimCluster(
+        [PROFILES["h100x4"]] * 2, dilation=20.0, kv_events=True, tokenizer=tokenizer
+    )
+    await cluster.start()
+    try:
+        config = serve_config("prefix_aware", cluster.specs())
+        add_kv_events(config, cluster, "llama-3-70b", files)
+        config["proxy"]["listen"] = "127.0.0.1:0"
+        async with running_server(config) as running:
+            proxy_port = running.server.proxy_port
+            assert proxy_port
+            async with aiohttp.ClientSession() as session:
+                await stream_chat(session, f"http://127.0.0.1:{proxy_port}", "Where is my order?")
+            for _ in range(200):
+                listed = await running.stub.ListNodes(pb.ListNodesRequest())
+                if sum(n.kv_engine_blocks for n in listed.nodes) > 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert {n.kv_events_state for n in listed.nodes} == {"live"}
+            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "x"}]
+            ids = tokenizer.encode_chat(messages)
+            routed = await running.stub.Route(
+                pb.RouteRequest(model="llama-3-70b", token_ids=pb.TokenIds(ids=ids))
+            )
+            system_blocks = len(tokenizer.encode_chat(messages[:1])) // 16 - 1
+            assert routed.matched_blocks >= system_blocks > 0
+    finally:
+        await cluster.stop()
+
+
+def test_live_nodes_and_the_proxy_tokenize_alike_and_events_credit_them(tmp_path: Path) -> None:
+    asyncio.run(live_kv_events_scenario(tmp_path))

@@ -23,6 +23,7 @@ from typing import Any
 from llmlb_fast.agent import BACKOFF_INITIAL_S, BACKOFF_MAX_S, MetricsReporter
 from llmlb_fast.sim.node_server import SimNode
 from llmlb_fast.sim.profiles import PROFILES, HardwareProfile, load_profiles, parse_cluster
+from llmlb_fast.tokenizer import ModelTokenizer
 
 HELP = "run simulated vLLM nodes (HTTP, OpenAI API) that register with and report to a router"
 
@@ -80,6 +81,7 @@ class SimCluster:
         model: str = DEFAULT_MODEL,
         node_prefix: str = "node-",
         kv_events: bool = False,
+        tokenizer: ModelTokenizer | None = None,
     ) -> None:
         if not profiles:
             raise ValueError("the cluster needs at least one node")
@@ -94,6 +96,7 @@ class SimCluster:
                 report_interval_s=report_interval_s,
                 chunk_interval_s=chunk_interval_s,
                 kv_events=kv_events,
+                tokenizer=tokenizer,
             )
             for i, profile in enumerate(profiles)
         ]
@@ -107,6 +110,20 @@ class SimCluster:
             node_spec(n.node_id, n.url, p, self.model)
             for n, p in zip(self.nodes, self.profiles, strict=True)
         ]
+
+    def kv_event_sources(self) -> dict[str, dict[str, Any]]:
+        """Each publishing node's ``kv_events`` config (once started)."""
+        sources = {}
+        for node in self.nodes:
+            publisher = node.kv_publisher
+            if publisher is not None:
+                sources[node.node_id] = {
+                    "endpoint": publisher.endpoint,
+                    "replay_endpoint": publisher.replay_endpoint,
+                    "topic": publisher.topic.decode(),
+                    "model": self.model,
+                }
+        return sources
 
     async def start(self, host: str = "127.0.0.1", base_port: int = 0) -> None:
         for i, node in enumerate(self.nodes):

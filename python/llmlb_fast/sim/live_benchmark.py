@@ -32,7 +32,7 @@ from typing import Any
 
 from llmlb_fast.sim.cluster import SimCluster
 from llmlb_fast.sim.des import RunResult, summarize
-from llmlb_fast.sim.load_generator import ChatLoad, LiveChatLoad
+from llmlb_fast.sim.load_generator import WORDS, ChatLoad, LiveChatLoad
 from llmlb_fast.sim.monitor import EngineMonitor, NodeSample
 from llmlb_fast.sim.peer_routers import (
     EXTERNAL_ROUTERS,
@@ -44,6 +44,8 @@ from llmlb_fast.sim.peer_routers import (
 )
 from llmlb_fast.sim.profiles import HardwareProfile
 from llmlb_fast.sim.report import format_table, write_outputs
+from llmlb_fast.sim.sim_tokenizer import BOS, write_model_files
+from llmlb_fast.tokenizer import ModelTokenizer
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class LiveSettings:
     warmup_s: float = 60.0
     sample_interval_s: float = 5.0
     report_interval_s: float = 1.0
+    # The nodes publish KV events and tokenize with a BPE trained here, which the
+    # router's proxy then uses too (prompt sizes differ from the stand-in tokenizer's).
+    kv_events: bool = False
 
     def __post_init__(self) -> None:
         if self.dilation <= 0 or self.chunk_interval_s <= 0:
@@ -141,32 +146,61 @@ async def in_flight_total(grpc_port: int, settle_s: float = 3.0) -> int:
 
 
 async def run_target(settings: LiveSettings, target: Target, progress: bool) -> LiveRun:
-    cluster = SimCluster(
-        settings.cluster,
-        dilation=settings.dilation,
-        report_interval_s=settings.report_interval_s,
-        chunk_interval_s=settings.chunk_interval_s,
-        model=settings.load.model,
-    )
-    await cluster.start()
-    try:
-        with tempfile.TemporaryDirectory(prefix="llmlb-live-") as tmp:
-            workdir = Path(tmp)
-            if target.external is not None:
-                urls = [node.url for node in cluster.nodes]
-                async with external_router(target.external, urls, workdir) as url:
-                    return await measure(settings, target, cluster, url, None, progress)
-            assert target.policy is not None
-            config = serve_config(target.policy, cluster.specs())
-            async with llmlb_service(config, workdir) as ports:
-                await cluster.connect(f"127.0.0.1:{ports['grpc']}", register=False)
-                url = f"http://127.0.0.1:{ports['proxy']}"
-                try:
-                    return await measure(settings, target, cluster, url, ports["grpc"], progress)
-                finally:
-                    await cluster.disconnect()
-    finally:
-        await cluster.stop()
+    with tempfile.TemporaryDirectory(prefix="llmlb-live-") as tmp:
+        workdir = Path(tmp)
+        files = write_model_files(workdir, WORDS) if settings.kv_events else None
+        cluster = SimCluster(
+            settings.cluster,
+            dilation=settings.dilation,
+            report_interval_s=settings.report_interval_s,
+            chunk_interval_s=settings.chunk_interval_s,
+            model=settings.load.model,
+            kv_events=settings.kv_events,
+            tokenizer=ModelTokenizer.from_files(*files, bos_token=BOS) if files else None,
+        )
+        await cluster.start()
+        try:
+            return await _run_on(settings, target, cluster, workdir, files, progress)
+        finally:
+            await cluster.stop()
+
+
+async def _run_on(
+    settings: LiveSettings,
+    target: Target,
+    cluster: SimCluster,
+    workdir: Path,
+    tokenizer_files: tuple[Path, Path] | None,
+    progress: bool,
+) -> LiveRun:
+    if target.external is not None:
+        urls = [node.url for node in cluster.nodes]
+        async with external_router(target.external, urls, workdir) as url:
+            return await measure(settings, target, cluster, url, None, progress)
+    assert target.policy is not None
+    config = serve_config(target.policy, cluster.specs())
+    if tokenizer_files is not None:
+        add_kv_events(config, cluster, settings.load.model, tokenizer_files)
+    async with llmlb_service(config, workdir) as ports:
+        await cluster.connect(f"127.0.0.1:{ports['grpc']}", register=False)
+        url = f"http://127.0.0.1:{ports['proxy']}"
+        try:
+            return await measure(settings, target, cluster, url, ports["grpc"], progress)
+        finally:
+            await cluster.disconnect()
+
+
+def add_kv_events(
+    config: dict[str, Any], cluster: SimCluster, model: str, files: tuple[Path, Path]
+) -> None:
+    """The nodes' event streams and their tokenizer, in ``llmlb serve``'s config."""
+    sources = cluster.kv_event_sources()
+    for node in config["nodes"]:
+        node["kv_events"] = sources[node["id"]]
+    tokenizer, template = files
+    config["tokenizers"] = {
+        model: {"tokenizer": str(tokenizer), "chat_template": str(template), "bos_token": BOS}
+    }
 
 
 async def measure(
@@ -296,6 +330,13 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--external-bin-dir", metavar="DIR", help="where the external routers are (default: PATH)"
     )
+    g.add_argument(
+        "--live-kv-events",
+        action="store_true",
+        help="the nodes publish KV events over ZMQ and tokenize with a BPE trained at start, "
+        "which llmlb's proxy uses too (off by default: it changes prompt sizes from the "
+        "stand-in tokenizer the live runs are calibrated with)",
+    )
 
 
 def apply_live_defaults(args: argparse.Namespace, des_defaults: dict[str, Any]) -> list[str]:
@@ -337,6 +378,7 @@ def settings_from_args(
         chunk_interval_s=args.chunk_interval,
         warmup_s=args.warmup,
         report_interval_s=args.monitor_interval,
+        kv_events=args.live_kv_events,
     )
 
 
@@ -372,6 +414,7 @@ def describe(settings: LiveSettings) -> dict[str, Any]:
             "timeout": load.timeout_s,
             "monitor_interval": settings.report_interval_s,
             "seed": load.seed,
+            "kv_events": settings.kv_events,
         },
     }
 

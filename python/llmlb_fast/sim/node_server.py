@@ -46,6 +46,7 @@ from llmlb_fast.sim.engine import Engine, EventKind, RequestState, SimRequest
 from llmlb_fast.sim.monitor import EngineMonitor
 from llmlb_fast.sim.profiles import BLOCK_TOKENS, HardwareProfile
 from llmlb_fast.sim.workloads import chain_keys
+from llmlb_fast.tokenizer import ModelTokenizer, TemplateError
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 MetricsCallback = Callable[[str, dict[str, float]], None]
@@ -132,12 +133,16 @@ class SimNode:
         on_metrics: MetricsCallback | None = None,
         chunk_interval_s: float = 0.02,
         kv_events: bool = False,
+        tokenizer: ModelTokenizer | None = None,
     ) -> None:
         if dilation <= 0 or report_interval_s <= 0 or chunk_interval_s <= 0:
             raise ValueError("dilation, report_interval_s and chunk_interval_s must be > 0")
         self.engine = Engine(profile, node_id=node_id, record_kv_events=kv_events)
         # With kv_events: vLLM's ZMQ publisher (PUB + replay ROUTER, bound at start).
         self.kv_events = kv_events
+        # The model's tokenizer (a router in front tokenizing alike matches the blocks
+        # the events report); None: the stand-in (four bytes per token).
+        self.tokenizer = tokenizer
         self.kv_publisher: KvEventPublisher | None = None
         # The tokens of the blocks of requests in flight (events carry them), by key,
         # with how many of those requests hold each key.
@@ -297,7 +302,9 @@ class SimNode:
         body = await _json_body(http)
         prompt = body.get("prompt")
         if isinstance(prompt, str):
-            tokens = text_to_tokens(prompt)
+            tokens = (
+                self.tokenizer.encode_text(prompt) if self.tokenizer else text_to_tokens(prompt)
+            )
         elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
             tokens = list(prompt)
         else:
@@ -311,7 +318,13 @@ class SimNode:
             isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
         ):
             raise _bad_request("messages must be a list of {role, content} objects")
-        return await self._serve(http, body, chat_to_tokens(messages), chat=True)
+        if self.tokenizer is None:
+            return await self._serve(http, body, chat_to_tokens(messages), chat=True)
+        try:
+            tokens = self.tokenizer.encode_chat(messages)
+        except TemplateError as error:
+            raise _bad_request(str(error)) from None
+        return await self._serve(http, body, tokens, chat=True)
 
     async def _serve(
         self, http: web.Request, body: dict[str, Any], tokens: list[int], *, chat: bool
