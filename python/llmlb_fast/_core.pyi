@@ -274,6 +274,10 @@ class KvEventsOutcome:
         """Blocks stored in a tier below the GPU (credited with
         ``offloaded_prefix_weight``)."""
     @property
+    def overflowed(self) -> bool:
+        """The node's maps outgrew ``prefix_cache_size`` blocks (removals were lost) and
+        started over; what they had confirmed became guesses."""
+    @property
     def cleared(self) -> int: ...
     @property
     def unknown_events(self) -> int: ...

@@ -294,6 +294,7 @@ class KvEventIngest:
         stats.blocks["offloaded"] += outcome.offloaded_blocks
         stats.errors["skipped_event"] += outcome.skipped_events
         stats.errors["unknown_event"] += outcome.unknown_events
+        stats.errors["overflow"] += outcome.overflowed
 
     def _clear_rank(self, stream: _Stream) -> None:
         with contextlib.suppress(UnknownNodeError):

@@ -101,7 +101,7 @@ class _KvEventsCollector(Collector):
         errors = CounterMetricFamily(
             "llmlb_kv_event_errors",
             "KV event stream faults: malformed, gap, publisher_restart, publisher_dead, "
-            "skipped_event, unknown_event, unknown_node",
+            "skipped_event, unknown_event, unknown_node, overflow",
             labels=["node", "kind"],
         )
         replays = CounterMetricFamily(

@@ -396,3 +396,36 @@ fn offloaded_blocks_without_tokens_are_the_gpu_blocks_of_their_hashes() {
         .unwrap();
     assert_eq!(credit(router), (0, 2));
 }
+
+/// An engine map that outgrows the index (its removals were lost) starts over; what it
+/// confirmed turns into guesses.
+#[test]
+fn an_engine_map_past_the_index_capacity_starts_over() {
+    let config = RouterConfig {
+        prefix_cache_size: 3,
+        ..RouterConfig::default()
+    };
+    let router = Router::with_clock(config, Clock::manual()).unwrap();
+    router.upsert_node(NodeSpec::new("a", "a:8000")).unwrap();
+    router
+        .set_kv_events_state("a", KvEventsState::Live)
+        .unwrap();
+    let path: Path = vec![0, 1, 2, 0];
+    let tokens = tokens_of(&path);
+    let hashes: Vec<u64> = (1..=4).map(|d| engine_hash(&path[..d])).collect();
+    let event = StoredBlocks {
+        block_hashes: &hashes,
+        parent: None,
+        token_ids: Some(&tokens),
+        block_size: BLOCK,
+        seed: HASH_SEED,
+    };
+    let applied = router.kv_blocks_stored("a", 0, &event, None).unwrap();
+    assert!(applied.overflowed);
+    assert_eq!(router.node_statuses()[0].kv_engine_blocks, 0);
+    let credits = router
+        .prefix_credit(&Harness::request(&tokens, &[]))
+        .unwrap();
+    assert_eq!(credits[0].blocks, 0);
+    assert!(credits[0].guessed_blocks > 0);
+}

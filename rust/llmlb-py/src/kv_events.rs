@@ -19,6 +19,9 @@ pub struct KvEventsOutcome {
     pub skipped_events: u64,
     /// Blocks stored in a tier below the GPU (credited with `offloaded_prefix_weight`).
     pub offloaded_blocks: u64,
+    /// The node's maps outgrew `prefix_cache_size` blocks (removals were lost) and
+    /// started over; what they had confirmed became guesses.
+    pub overflowed: bool,
     pub cleared: u64,
     /// Events of a kind the router does not know (skipped).
     pub unknown_events: u64,
@@ -50,6 +53,7 @@ impl From<core::Applied> for KvEventsOutcome {
             removed_blocks: applied.removed_blocks,
             skipped_events: applied.skipped_events,
             offloaded_blocks: applied.offloaded_blocks,
+            overflowed: applied.overflowed,
             ..KvEventsOutcome::default()
         }
     }

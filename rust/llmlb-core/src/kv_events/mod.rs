@@ -270,6 +270,9 @@ pub struct Applied {
     pub skipped_events: u64,
     /// Blocks stored in a lower tier (credited with `offloaded_prefix_weight`).
     pub offloaded_blocks: u64,
+    /// The node's maps outgrew `prefix_cache_size` blocks (lost removals) and started
+    /// over; what they had confirmed became guesses.
+    pub overflowed: bool,
 }
 
 impl std::ops::AddAssign for Applied {
@@ -278,6 +281,7 @@ impl std::ops::AddAssign for Applied {
         self.removed_blocks += other.removed_blocks;
         self.skipped_events += other.skipped_events;
         self.offloaded_blocks += other.offloaded_blocks;
+        self.overflowed |= other.overflowed;
     }
 }
 

@@ -76,20 +76,23 @@ impl Router {
         let mut caches = self.kv_caches.lock();
         let previous = node.live.set_kv_events(state);
         if state == KvEventsState::Unconfirmed && previous != KvEventsState::Unconfirmed {
-            let now = self.clock.now_ns();
-            if let Some((incarnation, cache)) = caches.remove(&(node.slot, Tier::Gpu)) {
-                if incarnation == node.incarnation {
-                    for chain in cache.leaf_chains() {
-                        (self.guesses).insert(&chain, node.slot, node.incarnation, now);
-                    }
-                }
-            }
-            // Lower tiers are not guessed at: their credit goes until events rebuild it.
+            let gpu = caches.remove(&(node.slot, Tier::Gpu));
             caches.remove(&(node.slot, Tier::Lower));
-            self.index.forget_node(node.slot);
-            self.offloaded.forget_node(node.slot);
+            let gpu = gpu.filter(|(incarnation, _)| *incarnation == node.incarnation);
+            self.demote_to_guesses(&node, gpu.map(|(_, cache)| cache).as_ref());
         }
         Ok(previous)
+    }
+
+    /// What `gpu` (the node's GPU map, taken out) confirmed becomes expiring guesses;
+    /// lower tiers are not guessed at: their credit goes until events rebuild it.
+    fn demote_to_guesses(&self, node: &NodeEntry, gpu: Option<&NodeCache>) {
+        let now = self.clock.now_ns();
+        for chain in gpu.map(NodeCache::leaf_chains).unwrap_or_default() {
+            (self.guesses).insert(&chain, node.slot, node.incarnation, now);
+        }
+        self.index.forget_node(node.slot);
+        self.offloaded.forget_node(node.slot);
     }
 
     /// Applies one `BlockStored` on `rank` of a node.
@@ -216,7 +219,15 @@ impl Router {
             };
             (cache, sink)
         });
-        let applied = apply(&mut NodeCaches(&mut tiers));
+        let mut applied = apply(&mut NodeCaches(&mut tiers));
+        // More blocks than the index can hold: removals were lost (an engine holds far
+        // fewer), so the maps start over and what they confirmed turns into guesses.
+        let limit = self.config.load().prefix_cache_size;
+        if tiers.iter().any(|(cache, _)| cache.engine_blocks() > limit) {
+            applied.overflowed = true;
+            self.demote_to_guesses(&node, Some(&tiers[0].0));
+            return Ok(applied);
+        }
         for (cache, sink) in tiers {
             if cache.engine_blocks() > 0 {
                 caches.insert((node.slot, sink.tier), (node.incarnation, cache));
