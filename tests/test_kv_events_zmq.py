@@ -253,3 +253,4 @@ async def _service_follows(publisher: KvEventPublisher) -> None:
         assert 'llmlb_kv_event_batches_total{node="a"} 1.0' in metrics
         assert 'llmlb_kv_events_state{node="a"} 1.0' in metrics
         assert 'llmlb_kv_engine_blocks{node="a"} 2.0' in metrics
+        assert "llmlb_kv_event_ingest_errors_total 0.0" in metrics

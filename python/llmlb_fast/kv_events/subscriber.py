@@ -145,6 +145,7 @@ class KvEventIngest:
         self.stats: dict[str, NodeIngestStats] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.loop_errors = 0
 
     # -- control (any thread) ------------------------------------------------------
 
@@ -172,9 +173,14 @@ class KvEventIngest:
         assert self._context is not None
         try:
             while not self._stop.is_set():
-                self._sync_sources()
-                self._poll_once()
-                self._check_deadlines()
+                try:
+                    self._sync_sources()
+                    self._poll_once()
+                    self._check_deadlines()
+                except Exception:  # a bug here must not end every node's stream
+                    self.loop_errors += 1
+                    log.exception("KV event ingestion: unexpected error; going on")
+                    self._stop.wait(_POLL_MS / 1000)
         finally:
             for node_id in list(self._streams):
                 self._close_node(node_id, state="off")

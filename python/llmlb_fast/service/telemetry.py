@@ -118,7 +118,12 @@ class _KvEventsCollector(Collector):
             ):
                 for kind, value in list(counts.items()):
                     family.add_metric([node_id, kind], value)
-        return [state, engine_blocks, batches, blocks, errors, replays]
+        loop = CounterMetricFamily(
+            "llmlb_kv_event_ingest_errors",
+            "Unexpected errors of the KV event ingestion thread (it goes on; see the log)",
+        )
+        loop.add_metric([], self._ingest.loop_errors)
+        return [state, engine_blocks, batches, blocks, errors, replays, loop]
 
 
 class Telemetry:
