@@ -234,6 +234,15 @@ class RouteDecision:
     @property
     def prompt_tokens(self) -> int: ...
     @property
+    def prefill_tokens(self) -> int:
+        """Uncached prompt tokens counted in the node's prefill backlog."""
+    @property
+    def block_hashes(self) -> list[int]:
+        """The prompt's block chain (what another replica needs to count this decision)."""
+    @property
+    def text_blocks(self) -> bool:
+        """Whether ``block_hashes`` are text (char) blocks."""
+    @property
     def candidates(self) -> list[CandidateScore]: ...
     def to_dict(self) -> dict[str, object]: ...
 
@@ -341,6 +350,28 @@ class Router:
     ) -> None: ...
     def clear_node_cache(self, node_id: str) -> None: ...
     def set_breaker_state(self, node_id: str, state: str) -> str: ...
+    def apply_remote_route(
+        self,
+        replica: str,
+        request_id: str,
+        node_id: str,
+        block_hashes: Sequence[int],
+        *,
+        prompt_tokens: int,
+        prefill_tokens: int,
+        text_blocks: bool = False,
+        routed_at: float | None = None,
+    ) -> bool:
+        """Counts another router replica's decision (its ``RouteDecision`` figures) as
+        in-flight load, prefill backlog and provisional prefix credit, until
+        ``apply_remote_completion`` (or ``request_ttl_s``; no outcome is recorded here).
+        False when already counted."""
+    def apply_remote_first_token(self, replica: str, request_id: str) -> bool: ...
+    def apply_remote_completion(self, replica: str, request_id: str) -> bool: ...
+    def forget_replica(self, replica: str) -> int:
+        """A replica is gone: its requests stop counting here; returns how many."""
+    @property
+    def remote_in_flight_total(self) -> int: ...
     def set_kv_events_state(self, node_id: str, state: str) -> str:
         """ "off" (credit from routed prompts), "live" (from the engine's KV events;
         routed prompts are guesses that expire) or "unconfirmed" (events were lost:

@@ -42,6 +42,7 @@ pub use outcome::Outcome;
 pub use policy::{PolicyKind, PolicyParams, REGISTRY};
 pub use prefix_index::IndexStats;
 pub use router::{
-    BatchOutcome, CandidateScore, PrefixCredit, Prompt, Reason, RouteDecision, RouteRequest, Router,
+    BatchOutcome, CandidateScore, PrefixCredit, Prompt, Reason, RemoteRoute, RouteDecision,
+    RouteRequest, Router,
 };
 pub use window::WindowSummary;

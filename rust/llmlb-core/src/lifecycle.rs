@@ -107,6 +107,20 @@ impl InFlightRegistry {
         expired
     }
 
+    /// Removes and returns the requests whose id starts with `prefix`.
+    pub fn take_prefixed(&self, prefix: &str) -> Vec<InFlight> {
+        let mut taken = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            let ids: Vec<String> = (shard.keys())
+                .filter(|id| id.starts_with(prefix))
+                .cloned()
+                .collect();
+            taken.extend(ids.iter().filter_map(|id| shard.remove(id)));
+        }
+        taken
+    }
+
     pub fn ids_on_node(&self, node_id: &str) -> Vec<String> {
         let mut ids = Vec::new();
         for shard in &self.shards {

@@ -2,8 +2,10 @@
 //! lifecycle together. Every method takes `&self` and is safe to call from many threads.
 
 mod kv;
+mod replicas;
 
 pub use kv::BatchOutcome;
+pub use replicas::RemoteRoute;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -110,6 +112,12 @@ pub struct RouteDecision {
     pub request_id: String,
     pub node_id: Arc<str>,
     pub address: String,
+    /// Uncached prompt tokens counted in the node's prefill backlog.
+    pub prefill_tokens: u64,
+    /// The prompt's block chain, and whether it hashes text (char blocks): what another
+    /// replica needs to count this decision ([`RemoteRoute`]).
+    pub hashes: Vec<u64>,
+    pub text_blocks: bool,
     pub policy: PolicyKind,
     pub reason: Reason,
     pub matched_blocks: u32,
@@ -148,6 +156,8 @@ pub struct Router {
     /// What each such node's engine holds, by slot and tier, with the node's incarnation.
     kv_caches: Mutex<std::collections::HashMap<(u16, Tier), (u64, NodeCache)>>,
     in_flight: InFlightRegistry,
+    /// Requests other replicas routed, keyed `replica` + [`replicas::SEPARATOR`] + id.
+    remote_in_flight: InFlightRegistry,
     policies: Policies,
     clock: Clock,
     next_request_id: AtomicU64,
@@ -181,6 +191,7 @@ impl Router {
             config: ArcSwap::from_pointee(config),
             table: NodeTable::default(),
             in_flight: InFlightRegistry::default(),
+            remote_in_flight: InFlightRegistry::default(),
             clock,
             next_request_id: AtomicU64::new(1),
             next_sweep_ns: AtomicU64::new(0),
@@ -376,17 +387,21 @@ impl Router {
             .live
             .count_prompt(prompt.facts.prompt_tokens as u64, matched_tokens as u64);
         self.index.record_served(matched_blocks);
+        let text_blocks = matches!(request.prompt, Prompt::Text(_));
         self.credit_routed(
             chosen,
             &prompt.hashes,
             confirmed.depth_of(chosen.slot),
-            matches!(request.prompt, Prompt::Text(_)),
+            text_blocks,
             now,
         );
         Ok(RouteDecision {
             request_id,
             node_id: chosen.spec.id.clone(),
             address: chosen.spec.address.clone(),
+            prefill_tokens,
+            hashes: prompt.hashes,
+            text_blocks,
             policy,
             reason: choice.reason,
             matched_blocks,
@@ -522,6 +537,10 @@ impl Router {
         let config = self.config.load();
         let now = self.clock.now_ns();
         let deadline = now.saturating_sub(secs_to_ns(config.request_ttl_s));
+        // Another replica's requests only stop counting: their outcomes are its own.
+        for (_, request) in self.remote_in_flight.take_started_before(deadline) {
+            release_counts(&request, now);
+        }
         self.in_flight
             .take_started_before(deadline)
             .into_iter()
@@ -639,6 +658,12 @@ pub struct PrefixCredit {
     pub offloaded_blocks: u32,
 }
 
+/// The request stops counting in flight and in its node's prefill backlog.
+fn release_counts(request: &InFlight, now: u64) {
+    request.node.live.release();
+    (request.node.live).release_prefill(request.prefill_tokens, now);
+}
+
 fn release(
     request_id: String,
     request: InFlight,
@@ -648,9 +673,8 @@ fn release(
     tokens_out: u64,
     now: u64,
 ) -> Completion {
+    release_counts(&request, now);
     let live = &request.node.live;
-    live.release();
-    live.release_prefill(request.prefill_tokens, now);
     let consecutive_failures = live.record_outcome(outcome.is_failure());
     live.window
         .lock()

@@ -86,6 +86,21 @@ impl RouteDecision {
     fn prompt_tokens(&self) -> u32 {
         self.inner.prompt_tokens
     }
+    /// Uncached prompt tokens counted in the node's prefill backlog.
+    #[getter]
+    fn prefill_tokens(&self) -> u64 {
+        self.inner.prefill_tokens
+    }
+    /// The prompt's block chain (what another replica needs to count this decision).
+    #[getter]
+    fn block_hashes(&self) -> Vec<u64> {
+        self.inner.hashes.clone()
+    }
+    /// Whether `block_hashes` are text (char) blocks.
+    #[getter]
+    fn text_blocks(&self) -> bool {
+        self.inner.text_blocks
+    }
     /// Every node's score, built on first access (routing itself does not pay for it).
     #[getter]
     fn candidates(&self) -> Vec<CandidateScore> {

@@ -279,6 +279,66 @@ impl Router {
             .collect())
     }
 
+    /// Counts another router replica's decision (its `RouteDecision` figures) as in-flight
+    /// load, prefill backlog and provisional prefix credit. False when already counted.
+    #[pyo3(signature = (
+        replica,
+        request_id,
+        node_id,
+        block_hashes,
+        *,
+        prompt_tokens,
+        prefill_tokens,
+        text_blocks = false,
+        routed_at = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn apply_remote_route(
+        &self,
+        py: Python<'_>,
+        replica: &str,
+        request_id: &str,
+        node_id: &str,
+        block_hashes: Vec<u64>,
+        prompt_tokens: u32,
+        prefill_tokens: u64,
+        text_blocks: bool,
+        routed_at: Option<f64>,
+    ) -> PyResult<bool> {
+        let route = core::RemoteRoute {
+            replica,
+            request_id,
+            node_id,
+            hashes: &block_hashes,
+            text_blocks,
+            prompt_tokens,
+            prefill_tokens,
+            routed_at_s: routed_at,
+        };
+        py.detach(|| self.inner.apply_remote_route(&route)).py_err()
+    }
+
+    /// Another replica's request got its first token; False when unknown here.
+    fn apply_remote_first_token(&self, replica: &str, request_id: &str) -> bool {
+        self.inner.apply_remote_first_token(replica, request_id)
+    }
+
+    /// Another replica's request ended; False when unknown here or already released.
+    fn apply_remote_completion(&self, replica: &str, request_id: &str) -> bool {
+        self.inner.apply_remote_completion(replica, request_id)
+    }
+
+    /// A replica is gone: its requests stop counting here. Returns how many.
+    fn forget_replica(&self, py: Python<'_>, replica: &str) -> usize {
+        py.detach(|| self.inner.forget_replica(replica))
+    }
+
+    /// Requests of other replicas counted here.
+    #[getter]
+    fn remote_in_flight_total(&self) -> usize {
+        self.inner.remote_in_flight_total()
+    }
+
     /// Sets "closed", "open" or "half_open"; returns the previous state.
     fn set_breaker_state(&self, node_id: &str, state: &str) -> PyResult<&'static str> {
         let state = core::BreakerState::parse(state).py_err()?;
