@@ -328,19 +328,13 @@ impl Router {
         } else {
             self.index.lookup(&prompt.hashes, now)
         };
-        let mut matched = confirmed.clone();
-        if !prompt.hashes.is_empty() && !self.guesses.is_empty() {
-            matched.merge_max(&self.guesses.lookup(&prompt.hashes, now));
-        }
-        if !prompt.hashes.is_empty() && !self.offloaded.is_empty() {
-            let lower = self.offloaded.lookup(&prompt.hashes, now);
-            matched.merge_weighted(&lower, config.offloaded_prefix_weight);
-        }
+        let merged = self.merged_credit(&confirmed, &prompt.hashes, &config, now);
+        let matched = merged.as_ref().unwrap_or(&confirmed);
         let rules = CandidateRules {
             metrics_ttl_ns: secs_to_ns(config.metrics_ttl_s),
             memory_saturation_threshold: config.memory_saturation_threshold,
         };
-        let mut candidates = build_candidates(&snapshot.nodes, &matched, &prompt.facts, rules, now);
+        let mut candidates = build_candidates(&snapshot.nodes, matched, &prompt.facts, rules, now);
         if let Some(model) = request.model {
             if !skip_other_models(&mut candidates, model) {
                 return Err(CoreError::UnknownModel(model.to_owned()));
@@ -414,6 +408,29 @@ impl Router {
                 .collect(),
             snapshot: arc_swap::Guard::into_inner(snapshot),
         })
+    }
+
+    /// The confirmed credit with guesses and lower tiers added; None when neither holds
+    /// anything (no node publishes events), so routing without events copies nothing.
+    fn merged_credit(
+        &self,
+        confirmed: &PrefixMatch,
+        hashes: &[u64],
+        config: &RouterConfig,
+        now: u64,
+    ) -> Option<PrefixMatch> {
+        if hashes.is_empty() || (self.guesses.is_empty() && self.offloaded.is_empty()) {
+            return None;
+        }
+        let mut matched = confirmed.clone();
+        if !self.guesses.is_empty() {
+            matched.merge_max(&self.guesses.lookup(hashes, now));
+        }
+        if !self.offloaded.is_empty() {
+            let lower = self.offloaded.lookup(hashes, now);
+            matched.merge_weighted(&lower, config.offloaded_prefix_weight);
+        }
+        Some(matched)
     }
 
     /// Credits the chosen node with the prompt: a guess that expires, when its engine
