@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from llmlb_fast import Node, Router, RouterConfig
+from redis_harness import RedisServer, redis_binary
 
 RouterFactory = Callable[..., Router]
 
@@ -23,3 +25,15 @@ def make_router() -> RouterFactory:
         return Router(RouterConfig(**config), specs, manual_clock=True)  # type: ignore[arg-type]
 
     return build
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a loopback ephemeral port (skipped when not installed,
+    unless LLMLB_REQUIRE_REDIS=1); ``stop()`` / ``start()`` keep the port."""
+    server = RedisServer(redis_binary(), tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

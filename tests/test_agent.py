@@ -15,7 +15,13 @@ import pytest
 from grpc_harness import running_server
 from llmlb_fast import agent as agent_module
 from llmlb_fast._core import METRIC_FIELDS
-from llmlb_fast.agent import Agent, EngineScraper, NvmlSampler, parse_engine_metrics
+from llmlb_fast.agent import (
+    Agent,
+    EngineScraper,
+    NvmlSampler,
+    build_parser,
+    parse_engine_metrics,
+)
 
 from grpc_server.llmlb.v1 import router_pb2 as pb
 
@@ -219,3 +225,39 @@ def test_agent_reconnects_with_backoff_after_refusal() -> None:
             assert not nodes["a"].metrics  # every stream was refused
 
     asyncio.run(scenario())
+
+
+def test_agent_reports_to_every_replica_and_one_down_does_not_stop_the_others() -> None:
+    async def scenario() -> None:
+        async with running_server() as first, running_server() as second:
+            dead = "127.0.0.1:1"  # nothing listens there
+            agent = Agent(
+                "a", [first.target, dead, second.target], interval_s=0.02,
+                nvml=NvmlSampler(fake_pynvml()),
+            )  # fmt: skip
+            task = asyncio.create_task(agent.run())
+            try:
+                for _ in range(200):
+                    fresh = [
+                        {n.id: n.metrics_fresh for n in s.server.service.nodes()}["a"]
+                        for s in (first, second)
+                    ]
+                    if all(fresh):
+                        break
+                    await asyncio.sleep(0.02)
+                assert all(fresh)
+                assert agent.sent_to[first.target] > 0 and agent.sent_to[second.target] > 0
+                assert agent.connects_to[dead] >= 1  # tried, refused, retried on its own
+            finally:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+    asyncio.run(scenario())
+
+
+def test_agent_cli_takes_several_routers() -> None:
+    args = build_parser().parse_args(
+        ["--router", "r1:50051", "--router", "r2:50051", "--node-id", "a"]
+    )
+    assert args.router == ["r1:50051", "r2:50051"]

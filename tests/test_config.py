@@ -82,6 +82,10 @@ def test_defaults() -> None:
         ("policies: {llmlb: {load: fast}}", "policies.llmlb.load"),
         ("policies: {llmlb: {load: -1}}", "policies.llmlb.load must be a finite number >= 0"),
         ("weights: {load: 1, prefix: 2, speed: 3}", "weights.speed: Extra inputs"),
+        ("replicas: {name: a}", "replicas.redis_url: Field required"),
+        ("replicas: {redis_url: 'http://x'}", "expected a redis://, rediss:// or unix:// URL"),
+        ("replicas: {redis_url: 'redis://x', name: 'a b'}", "replicas.name"),
+        ("replicas: {redis_url: 'redis://x', ttl: 1, heartbeat_interval: 0.8}", "at most half"),
     ],
 )
 def test_errors_name_the_key(text: str, expected: str) -> None:
@@ -222,3 +226,12 @@ def test_a_reload_that_wipes_nodes_or_auth_needs_an_opt_in() -> None:
     opted_in = parse_config_text("server: {allow_destructive_reload: true}")
     assert destructive_changes(guarded, opted_in) == []
     assert destructive_changes(no_nodes, guarded) == []
+
+
+def test_replicas_settings_and_defaults() -> None:
+    config = parse_config_text("replicas: {redis_url: 'redis://10.0.0.5:6379/1', ttl: 2s}")
+    assert config.replicas is not None
+    assert config.replicas.ttl == 2.0
+    assert config.replicas.batch_interval == 0.005
+    assert config.replicas.cluster == "default" and config.replicas.name is None
+    assert parse_config_text("{}").replicas is None

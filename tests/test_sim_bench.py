@@ -71,6 +71,10 @@ def test_trace_bench_writes_table_json_and_plots(
         (["--router-option=metrics_ttl_s=-1"], "metrics_ttl_s"),
         (["--workload=trace", "--trace=/nonexistent.jsonl"], "does not exist"),
         (["--sessions=0"], ">= 1"),
+        (["--replicas=0"], "replica counts must be >= 1"),
+        (["--replicas=two"], "expected counts"),
+        (["--sync-delay=-1"], "must be >= 0"),
+        (["--sync-delay=soon"], "expected seconds or 'none'"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(
@@ -236,3 +240,34 @@ def test_no_kv_events_flag_reaches_the_run(tmp_path: Path) -> None:
         data = json.loads((out / "results.json").read_text())
         assert data["settings"]["kv_events"] is on
         assert "predicted_cache_missed" in data["results"]["llmlb"]
+
+
+def test_replica_sweep_writes_table_json_and_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "bench",
+            "--replicas=1,3",
+            "--sync-delay=0.005,none",
+            "--cluster=h100x4:3",
+            "--policies=llmlb",
+            "--sessions=3",
+            "--streams=4",
+            "--duration=90",
+            "--warmup=10",
+            "--jobs=1",
+            "--no-progress",
+            f"--out={tmp_path}",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| 1x (3 sessions) | 5 ms | 3 |" in out and "| 1x (3 sessions) | none | 3 |" in out
+    data = json.loads((tmp_path / "replicas.json").read_text())
+    rows = {(r["replicas"], r["sync_delay_s"]): r for r in data["sweeps"][0]["results"]}
+    assert set(rows) == {(1, 0.005), (3, 0.005), (3, None)}
+    assert rows[(3, 0.005)]["sync_bytes_per_request"] > 100
+    assert rows[(3, None)]["sync_bytes_per_request"] == 0
+    assert rows[(1, 0.005)]["sync_bytes_per_request"] == 0
+    assert (tmp_path / "replicas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -299,3 +299,31 @@ def test_a_conversation_turn_hits_the_cached_answer_and_streams_usage() -> None:
             await node.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_live_bench_with_replicas_over_redis_and_one_killed(
+    redis_server: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--live --replicas 2``: two llmlb serve processes over a real redis-server (the
+    benchmark starts its own; the fixture only proves the binary is there), the load
+    split between them, the first SIGKILLed halfway; its requests go on elsewhere."""
+    out = tmp_path / "out"
+    code = main(
+        [
+            "bench", "--live", "--policies", "llmlb", "--replicas", "2",
+            "--cluster", "h100x4:2", "--sessions", "2", "--streams", "3",
+            "--output-tokens", "50", "--duration", "60", "--warmup", "5",
+            "--dilation", "20", "--kill-replica-at", "30", "--kill-window", "20",
+            "--no-progress", "--no-plots", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "llmlb x2 replicas: replica killed at 30 s" in printed
+    live = json.loads((out / "results.json").read_text())["live"]["llmlb x2 replicas"]
+    assert live["replicas"] == 2
+    assert live["in_flight_after"] == 0  # the survivor released its peer's requests
+    assert live["kill"]["kv_hit_after"] > 0.3
+    assert live["redis"]["xadd_per_request"] > 0
+    results = json.loads((out / "results.json").read_text())["results"]["llmlb x2 replicas"]
+    assert results["qps"] > 0

@@ -360,12 +360,17 @@ class Router:
         prompt_tokens: int,
         prefill_tokens: int,
         text_blocks: bool = False,
+        matched_tokens: int | None = None,
         routed_at: float | None = None,
     ) -> bool:
         """Counts another router replica's decision (its ``RouteDecision`` figures) as
         in-flight load, prefill backlog and provisional prefix credit, until
         ``apply_remote_completion`` (or ``request_ttl_s``; no outcome is recorded here).
-        False when already counted."""
+        ``matched_tokens`` (the decision's) counts the prompt in the totals the engine's
+        hit counters are checked against (leave it None when applying a decision again,
+        as from a snapshot); ``routed_at``: when it was routed, on this router's clock.
+        False when already counted. The messages that carry these between processes are
+        :mod:`llmlb_fast.replicas` (``ReplicaSync``)."""
     def apply_remote_first_token(self, replica: str, request_id: str) -> bool: ...
     def apply_remote_completion(self, replica: str, request_id: str) -> bool: ...
     def forget_replica(self, replica: str) -> int:

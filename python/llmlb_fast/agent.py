@@ -178,27 +178,46 @@ def _interval_hit_rate(before: EngineScrape, after: EngineScrape) -> float | Non
 
 
 class MetricsReporter:
-    """Streams ``sample()`` every ``interval_s`` to the router's ``ReportMetrics``,
-    reopening a broken stream with capped exponential backoff. Subclasses say what to
-    sample (the NVML agent below; simulated nodes in :mod:`llmlb_fast.sim.cluster`)."""
+    """Streams ``sample()`` every ``interval_s`` to the ``ReportMetrics`` of every router
+    in ``routers`` (active-active replicas each need every node's metrics), one stream
+    per router, each reopened with capped exponential backoff on its own. Subclasses
+    say what to sample (the NVML agent below; simulated nodes in
+    :mod:`llmlb_fast.sim.cluster`)."""
 
     def __init__(
         self,
         node_id: str,
-        router: str,
+        routers: str | Sequence[str],
         *,
         interval_s: float = 0.1,
         token: str | None = None,
         root_certificates: bytes | None = None,
     ) -> None:
         self.node_id = node_id
-        self.router = router
+        self.routers = [routers] if isinstance(routers, str) else list(dict.fromkeys(routers))
+        if not self.routers:
+            raise ValueError("the reporter needs at least one router")
         self.interval_s = interval_s
         self.token = token
         self.root_certificates = root_certificates
-        self.sent = 0
-        self.connects = 0
-        self._latest: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        self.sent_to = dict.fromkeys(self.routers, 0)
+        self.connects_to = dict.fromkeys(self.routers, 0)
+        # Per router, only the newest sample waits while its stream is down.
+        self._latest: dict[str, asyncio.Queue[Any]] = {
+            router: asyncio.Queue(maxsize=1) for router in self.routers
+        }
+
+    @property
+    def router(self) -> str:
+        return self.routers[0]
+
+    @property
+    def sent(self) -> int:
+        return sum(self.sent_to.values())
+
+    @property
+    def connects(self) -> int:
+        return sum(self.connects_to.values())
 
     async def sample(self) -> dict[str, Any]:
         """One NodeMetrics sample as field -> value."""
@@ -209,18 +228,20 @@ class MetricsReporter:
         while True:
             started = loop.time()
             fields = await self.sample()
-            if self._latest.full():  # keep only the newest sample while disconnected
-                self._latest.get_nowait()
-            self._latest.put_nowait(fields)
+            for latest in self._latest.values():
+                if latest.full():
+                    latest.get_nowait()
+                latest.put_nowait(fields)
             await asyncio.sleep(max(0.0, self.interval_s - (loop.time() - started)))
 
-    async def _samples(self, pb: Any) -> AsyncIterator[Any]:
+    async def _samples(self, pb: Any, router: str) -> AsyncIterator[Any]:
+        latest = self._latest[router]
         while True:
-            fields = await self._latest.get()
-            self.sent += 1
+            fields = await latest.get()
+            self.sent_to[router] += 1
             yield pb.NodeMetrics(**fields)
 
-    async def _stream_once(self) -> None:
+    async def _stream_once(self, router: str) -> None:
         import grpc
 
         from grpc_server.llmlb.v1 import router_pb2 as pb
@@ -229,49 +250,55 @@ class MetricsReporter:
         metadata = (("authorization", f"Bearer {self.token}"),) if self.token else ()
         if self.root_certificates is not None:
             credentials = grpc.ssl_channel_credentials(self.root_certificates)
-            channel = grpc.aio.secure_channel(self.router, credentials)
+            channel = grpc.aio.secure_channel(router, credentials)
         else:
-            channel = grpc.aio.insecure_channel(self.router)
+            channel = grpc.aio.insecure_channel(router)
         async with channel:
-            self.connects += 1
+            self.connects_to[router] += 1
             stub = pb_grpc.RouterStub(channel)  # type: ignore[no-untyped-call]
-            await stub.ReportMetrics(self._samples(pb), metadata=metadata)
+            await stub.ReportMetrics(self._samples(pb, router), metadata=metadata)
 
     async def run(self, max_connects: int | None = None) -> None:
-        """Streams until cancelled (or after ``max_connects`` streams, for tests)."""
-        import grpc
-
+        """Streams until cancelled (or, for tests, until each router's stream was
+        opened ``max_connects`` times)."""
         sampler = asyncio.create_task(self._sample_forever())
-        backoff = BACKOFF_INITIAL_S
         try:
-            while max_connects is None or self.connects < max_connects:
-                sent_before = self.sent
-                try:
-                    await self._stream_once()
-                except grpc.aio.AioRpcError as error:
-                    if error.code() in (
-                        grpc.StatusCode.UNAUTHENTICATED,
-                        grpc.StatusCode.NOT_FOUND,
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                    ):
-                        log.error("router refused the metrics: %s", error.details())
-                    else:
-                        log.warning("metrics stream to %s broke: %s", self.router, error.code())
-                if self.sent > sent_before + 1:
-                    backoff = BACKOFF_INITIAL_S
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+            await asyncio.gather(*(self._stream_to(r, max_connects) for r in self.routers))
         finally:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
+
+    async def _stream_to(self, router: str, max_connects: int | None) -> None:
+        import grpc
+
+        backoff = BACKOFF_INITIAL_S
+        broken = False  # logged once per outage, not once per retry
+        while max_connects is None or self.connects_to[router] < max_connects:
+            sent_before = self.sent_to[router]
+            try:
+                await self._stream_once(router)
+            except grpc.aio.AioRpcError as error:
+                if error.code() in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                ):
+                    log.error("router %s refused the metrics: %s", router, error.details())
+                elif not broken or self.sent_to[router] > sent_before + 1:
+                    log.warning("metrics stream to %s broke: %s; retrying", router, error.code())
+                broken = True
+            if self.sent_to[router] > sent_before + 1:
+                backoff = BACKOFF_INITIAL_S
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
 
 
 class Agent(MetricsReporter):
     def __init__(
         self,
         node_id: str,
-        router: str,
+        routers: str | Sequence[str],
         *,
         interval_s: float = 0.1,
         nvml: NvmlSampler | None = None,
@@ -283,7 +310,7 @@ class Agent(MetricsReporter):
             raise ValueError("the agent needs NVML or an engine metrics URL to sample")
         super().__init__(
             node_id,
-            router,
+            routers,
             interval_s=interval_s,
             token=token,
             root_certificates=root_certificates,
@@ -313,7 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llmlb-agent",
         description="Stream this GPU node's NVML and engine metrics to an llmlb router.",
     )
-    parser.add_argument("--router", required=True, metavar="HOST:PORT")
+    parser.add_argument(
+        "--router",
+        required=True,
+        action="append",
+        metavar="HOST:PORT",
+        help="a router to report to; repeat it for every replica of an active-active router",
+    )
     parser.add_argument("--node-id", required=True, help="the node's id in the router")
     parser.add_argument(
         "--interval", type=float, default=0.1, help="seconds between samples (default 0.1)"

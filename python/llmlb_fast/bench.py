@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from llmlb_fast import POLICIES, RouterConfig
-from llmlb_fast.sim import live_benchmark
-from llmlb_fast.sim.des import RunResult, Simulation, summarize
+from llmlb_fast.sim import live_benchmark, replica_sweep
+from llmlb_fast.sim.des import SYNC_DELAY_S, RunResult, Simulation, summarize
 from llmlb_fast.sim.profiles import (
     ENGINE_MODES,
     PROFILES,
@@ -107,6 +107,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --load-sweep: the engine modes to sweep, e.g. chunked,whole "
         "(default: --engine-mode, else the profiles')",
     )
+    g = parser.add_argument_group("router replicas (active-active)")
+    g.add_argument(
+        "--replicas",
+        default="1",
+        metavar="COUNTS",
+        help="route with K replicas behind a random splitter (every replica gets the "
+        "metrics and KV events); several counts, e.g. 1,2,4,8, run a replica sweep of "
+        "--policies at each --load-sweep multiple and write replicas.md/.json/.png",
+    )
+    g.add_argument(
+        "--sync-delay",
+        default="0.005",
+        metavar="SECONDS",
+        help="when one replica's decisions, first tokens and completions reach the others "
+        "(seconds; 'none': replicas share nothing; a list such as 0.005,none compares); "
+        "default %(default)s",
+    )
     g = parser.add_argument_group("chat workload")
     # 59 sessions x 20 streams on the default 8 nodes is the load at which round robin
     # times out 3.0% of requests in 2 hours, the nearest to the article's 3.2% (58: 2.0%,
@@ -138,6 +155,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--concurrency", type=int, help="closed loop with this many streams (trace, uniform)"
     )
     g.add_argument("--limit", type=int, help="replay only the first N trace requests")
+    g.add_argument(
+        "--arrival-spread",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="move each trace timestamp by a seeded uniform offset in [0, SECONDS): 1 "
+        "undoes the Mooncake trace's rounding to whole seconds (else ~10 requests arrive "
+        "at each same instant); default 0",
+    )
     live_benchmark.add_live_arguments(parser)
 
 
@@ -185,6 +211,8 @@ def build_workload(args: dict[str, Any]) -> Workload:
         speedup=args["speedup"],
         concurrency=args["concurrency"],
         limit=args["limit"],
+        arrival_spread_s=args.get("arrival_spread", 0.0),
+        seed=args["seed"],
     )
 
 
@@ -228,6 +256,8 @@ def run_policy(
         monitor_interval_s=args["monitor_interval"],
         seed=args["seed"],
         kv_events=not args.get("no_kv_events", False),
+        replicas=args.get("replica_count", 1),
+        sync_delay_s=args.get("sync_delay_s", SYNC_DELAY_S),
     )
     started = time.perf_counter()
     if show_progress:
@@ -285,6 +315,9 @@ def _summary(result: RunResult) -> dict[str, float]:
 def run_settings(args: dict[str, Any]) -> dict[str, Any]:
     settings = {k: args[k] for k in ("duration", "warmup", "timeout", "monitor_interval", "seed")}
     settings["kv_events"] = not args.get("no_kv_events", False)
+    if args.get("replica_count", 1) > 1:
+        settings["replicas"] = args["replica_count"]
+        settings["sync_delay_s"] = args.get("sync_delay_s", SYNC_DELAY_S)
     return settings
 
 
@@ -344,6 +377,55 @@ def run_sweep(
     return 0
 
 
+def run_replica_sweep(
+    spec: BenchSpec,
+    policies: Sequence[str],
+    factors: Sequence[float],
+    counts: Sequence[int],
+    delays: Sequence[float | None],
+    command: str,
+) -> int:
+    """Every policy at every (load, sync delay, K) of ``--replicas`` with several counts."""
+    args = spec.args
+    points = replica_sweep.points_of(list(factors), list(delays), list(counts))
+    specs = {
+        point: BenchSpec(
+            {
+                **scale_load(args, point.factor),
+                "replica_count": point.replicas,
+                "sync_delay_s": point.sync_delay_s,
+            },
+            spec.cluster,
+            spec.router_options,
+        )
+        for point in points
+    }
+    runs = [(specs[point], p) for p in policies for point in points]
+    started = time.perf_counter()
+    results = iter(run_jobs(runs, args["jobs"], progress=not args["no_progress"]))
+    workload = str(build_workload(args).describe()["name"])
+    loads = {f: describe_load(scale_load(args, f)) for f in factors}
+    sweeps = []
+    for policy in policies:
+        summaries = {point: _summary(next(results)) for point in points}
+        sweeps.append(replica_sweep.ReplicaSweep(workload, policy, list(factors), loads, summaries))
+    for sweep in sweeps:
+        print(sweep.markdown())
+    print(f"{len(runs)} runs in {time.perf_counter() - started:.1f} s wall time")
+    if args["out"]:
+        meta = {
+            "command": command,
+            "workload": build_workload(args).describe(),
+            "cluster": [p.describe() for p in spec.cluster],
+            "router_options": spec.router_options,
+            "settings": run_settings(args),
+        }
+        out = Path(args["out"])
+        for path in replica_sweep.write_sweeps(sweeps, out, meta, plots=not args["no_plots"]):
+            print(f"wrote {path}")
+    return 0
+
+
 def des_defaults() -> dict[str, Any]:
     """Every option's value when not given (what the live mode's defaults replace)."""
     parser = argparse.ArgumentParser()
@@ -379,9 +461,17 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--load-sweep runs the DES (no --live)")
         elif args.engine_modes:
             raise ValueError("--engine-modes goes with --load-sweep (else --engine-mode)")
+        counts = replica_sweep.parse_replicas(args.replicas)
+        delays = replica_sweep.parse_sync_delays(args.sync_delay)
+        if args.live and (len(delays) > 1 or args.sync_delay != "0.005"):
+            raise ValueError("--sync-delay models the sync in the DES (live replicas use Redis)")
+        spec.args["replica_count"], spec.args["sync_delay_s"] = counts[0], delays[0]
     except (ValueError, OSError) as e:
         print(f"llmlb bench: {e}", file=sys.stderr)
         return 2
+    if not args.live and (len(counts) > 1 or len(delays) > 1):
+        factors = parse_factors(args.load_sweep) if args.load_sweep else [1.0]
+        return run_replica_sweep(spec, policies, factors, counts, delays, command)
     if args.load_sweep:
         return run_sweep(spec, policies, factors, modes, command)
     if args.live:

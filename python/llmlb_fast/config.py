@@ -281,6 +281,39 @@ class ProxyConfig(_Strict):
         return self
 
 
+class ReplicasConfig(_Strict):
+    """Active-active replicas sharing decisions through Redis (read at start only)."""
+
+    # redis:// or rediss:// (TLS); a password goes in the URL (redis://:secret@host).
+    redis_url: str = Field(min_length=1)
+    # Unique among the replicas; default: host name and process id.
+    name: str | None = Field(default=None, min_length=1, pattern=r"^[^\s\x1f]+$")
+    # Replicas of one cluster share keys; several clusters may share one Redis.
+    cluster: str = Field(default="default", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    # At most one batch per interval (a busy replica's messages share batches).
+    batch_interval: Seconds = 0.005
+    heartbeat_interval: Seconds = 0.5
+    # A replica silent this long is gone: its requests stop counting elsewhere.
+    ttl: Seconds = 3.0
+    # The longest a joining replica stays NOT_SERVING waiting for its peers' snapshots.
+    warmup_timeout: Seconds = 5.0
+    history_batches: int = Field(default=20_000, ge=0)
+    stream_max_len: int = Field(default=100_000, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return url
+
+    @model_validator(mode="after")
+    def _heartbeat_within_ttl(self) -> ReplicasConfig:
+        if self.heartbeat_interval * 2 > self.ttl:
+            raise ValueError("heartbeat_interval must be at most half of ttl")
+        return self
+
+
 class AlertsConfig(_Strict):
     webhook_url: str | None = None
     timeout: Seconds = 2.0
@@ -302,6 +335,7 @@ class ServiceConfig(_Strict):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     nodes: list[NodeConfig] = Field(default_factory=list)
+    replicas: ReplicasConfig | None = None
     # Models whose requests are routed by the engine's tokens (else by text blocks).
     tokenizers: dict[ModelName, TokenizerConfig] = Field(default_factory=dict)
 

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Router"].full_name
 EXT_PROC_SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 DRAIN_POLL_S = 0.05
+WARM_POLL_S = 0.05
 
 
 def _credentials(config: ServiceConfig) -> grpc.ServerCredentials | None:
@@ -75,6 +76,7 @@ class RoutingServer:
         self.port = 0
         self.metrics_port: int | None = None
         self.proxy_port: int | None = None
+        self._warming: asyncio.Task[None] | None = None
 
     async def start(self, handle_sighup: bool = True) -> None:
         listen = self.config.server.listen
@@ -102,8 +104,11 @@ class RoutingServer:
                 server.reload_poll_interval,
             )
             self.watcher.start(handle_sighup=handle_sighup)
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.service.ready:
+            await self._set_health(serving=True)
+        else:  # a replica warming up: NOT_SERVING until it knows its peers' load
+            await self._set_health(serving=False)
+            self._warming = asyncio.get_running_loop().create_task(self._serve_when_warm())
         log.info(
             "llmlb router serving on port %d (%s), metrics port %s, proxy port %s%s",
             self.port,
@@ -113,10 +118,23 @@ class RoutingServer:
             ", ext_proc on the gRPC port" if self.picker is not None else "",
         )
 
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status.SERVING if serving else status.NOT_SERVING)
+
+    async def _serve_when_warm(self) -> None:
+        while not self.service.ready:
+            await asyncio.sleep(WARM_POLL_S)
+        if not self.service.draining:
+            await self._set_health(serving=True)
+
     async def stop(self, drain_s: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, every transport refuses new requests, routed
         requests get up to ``drain_s`` to complete, then the proxy and the server stop."""
         drain_s = self.service.config.timeouts.drain if drain_s is None else drain_s
+        if self._warming is not None:
+            self._warming.cancel()
         await self.health.enter_graceful_shutdown()
         self.service.drain()
         if self.watcher is not None:

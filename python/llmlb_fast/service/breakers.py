@@ -75,6 +75,9 @@ class BreakerBoard:
         self.config = config
         self._clock = clock
         self._nodes: dict[str, _NodeBreaker] = {}
+        # Told of every transition decided here (not those applied from other replicas):
+        # (node_id, to_state, reason).
+        self.on_transition: Callable[[str, str, str], None] | None = None
 
     def state(self, node_id: str) -> str:
         return self._nodes[node_id].state if node_id in self._nodes else CLOSED
@@ -133,7 +136,17 @@ class BreakerBoard:
                 node_id, OPEN, f"overloaded for {sustained:.1f}s: {'; '.join(reasons)}"
             )
 
-    def _transition(self, node_id: str, to_state: str, reason: str) -> None:
+    def apply_shared(self, node_id: str, to_state: str, reason: str) -> None:
+        """A transition another replica decided (its failures or probe): applied here
+        too, not told back. Ignored when this breaker is in that state already."""
+        if to_state not in _EVENT_KIND:
+            raise ValueError(f"unknown breaker state {to_state!r}")
+        if self.state(node_id) != to_state:
+            self._transition(node_id, to_state, reason, shared=True)
+
+    def _transition(
+        self, node_id: str, to_state: str, reason: str, *, shared: bool = False
+    ) -> None:
         breaker = self._nodes.setdefault(node_id, _NodeBreaker())
         if breaker.cooldown is not None:
             breaker.cooldown.cancel()
@@ -149,6 +162,8 @@ class BreakerBoard:
             loop = asyncio.get_running_loop()
             breaker.cooldown = loop.call_later(self.config.cooldown, self._half_open, node_id)
         log.warning("breaker %s: %s -> %s (%s)", node_id, previous, to_state, reason)
+        if not shared and self.on_transition is not None:
+            self.on_transition(node_id, to_state, reason)
         self._bus.publish(
             Event(
                 kind=_EVENT_KIND[to_state],

@@ -26,6 +26,7 @@ from llmlb_fast.service.alerts import WebhookAlerter
 from llmlb_fast.service.breakers import BreakerBoard
 from llmlb_fast.service.canary import CanarySplit
 from llmlb_fast.service.events import CONFIG_REJECTED, CONFIG_RELOADED, Event, EventBus
+from llmlb_fast.service.replication import Replication
 from llmlb_fast.service.telemetry import Telemetry
 from llmlb_fast.tokenizer import ModelTokenizer, load_tokenizers
 
@@ -96,6 +97,19 @@ class RoutingService:
         self._registered_kv_sources: dict[str, KvEventSource] = {}
         self._config_kv_sources = kv_sources_of(config)
         self._sync_kv_sources()
+        # Other replicas of this router (config.replicas): decisions shared through Redis.
+        self.replication = (
+            Replication(
+                config.replicas,
+                self.router,
+                self.telemetry,
+                self.breakers,
+                lambda node, kv_events: self.register_node(node, kv_events, share=False),
+                lambda node_id: self.deregister_node(node_id, share=False),
+            )
+            if config.replicas is not None
+            else None
+        )
         # Set once when the server starts stopping; every transport refuses new work.
         self.draining = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -141,6 +155,8 @@ class RoutingService:
         self.telemetry.observe_route(
             decision.policy, decision.reason, time.perf_counter() - started
         )
+        if self.replication is not None:
+            self.replication.sync.routed(decision)
         return Routed(decision, canary_policy is not None)
 
     def tokenizer(self, model: str) -> ModelTokenizer | None:
@@ -158,7 +174,11 @@ class RoutingService:
     def first_token(self, request_id: str) -> bool:
         """The request's first token arrived (its prompt is no longer queued prefill);
         False when it is not in flight."""
-        return self.router.first_token(request_id)
+        if not self.router.first_token(request_id):
+            return False
+        if self.replication is not None:
+            self.replication.sync.first_token(request_id)
+        return True
 
     def complete(
         self,
@@ -185,7 +205,14 @@ class RoutingService:
     def in_flight_total(self) -> int:
         return self.router.in_flight_total
 
+    @property
+    def ready(self) -> bool:
+        """False while a replica warms up (health reports NOT_SERVING until then)."""
+        return self.replication is None or self.replication.warm
+
     def _observe_completion(self, completion: Completion) -> None:
+        if self.replication is not None:
+            self.replication.sync.ended(completion.request_id)
         self.telemetry.observe_completion(completion.node_id, completion.policy, completion.outcome)
         self.breakers.on_completion(completion)
 
@@ -199,10 +226,15 @@ class RoutingService:
 
     # --- nodes and metrics --------------------------------------------------------
 
-    def register_node(self, node: Node, kv_events: KvEventsConfig | None = None) -> bool:
+    def register_node(
+        self, node: Node, kv_events: KvEventsConfig | None = None, *, share: bool = True
+    ) -> bool:
         """Adds or updates a node; with ``kv_events`` its engine's event stream is
-        followed (a registration without it stops following a registered stream)."""
+        followed (a registration without it stops following a registered stream).
+        ``share``: other replicas register it too."""
         created = self.router.upsert_node(node)
+        if share and self.replication is not None:
+            self.replication.node_registered(node, kv_events)
         source = kv_source_of(node.id, node.models, kv_events)
         if source is not None:
             self._registered_kv_sources[node.id] = source
@@ -211,8 +243,10 @@ class RoutingService:
         self._sync_kv_sources()
         return created
 
-    def deregister_node(self, node_id: str) -> list[str]:
+    def deregister_node(self, node_id: str, *, share: bool = True) -> list[str]:
         in_flight = self.router.remove_node(node_id)
+        if share and self.replication is not None:
+            self.replication.node_removed(node_id)
         self._registered_kv_sources.pop(node_id, None)
         self._config_kv_sources.pop(node_id, None)
         self._sync_kv_sources()
@@ -267,7 +301,7 @@ class RoutingService:
         orphaned: list[str] = []
         for node_id in sorted(self.config_node_ids - new_ids):
             with contextlib.suppress(KeyError):
-                orphaned.extend(self.deregister_node(node_id))
+                orphaned.extend(self.deregister_node(node_id, share=False))
         self.config_node_ids = new_ids
         self.tokenizers = tokenizers
         self._config_kv_sources = kv_sources_of(new)
@@ -293,6 +327,8 @@ class RoutingService:
             notes.append("server settings other than auth_token need a restart")
         if new.proxy != old.proxy:
             notes.append("proxy settings need a restart")
+        if new.replicas != old.replicas:
+            notes.append("replicas settings need a restart")
         for note in notes:
             log.warning("config reload: %s", note)
         return notes
@@ -311,6 +347,8 @@ class RoutingService:
     def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_expired())
         self.kv_events.start()
+        if self.replication is not None:
+            self.replication.start()
 
     async def _sweep_expired(self) -> None:
         while True:
@@ -328,6 +366,8 @@ class RoutingService:
                 await self._sweeper
         self.breakers.close()
         await asyncio.to_thread(self.kv_events.stop)
+        if self.replication is not None:
+            await asyncio.to_thread(self.replication.stop)
         await self.alerter.drain()
 
 

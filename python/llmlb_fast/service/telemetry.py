@@ -17,6 +17,8 @@ from prometheus_client.registry import Collector
 
 from llmlb_fast._core import Router
 from llmlb_fast.kv_events import KvEventIngest
+from llmlb_fast.replicas.redis_sync import RedisReplicaLink
+from llmlb_fast.replicas.sync import ReplicaSync
 from llmlb_fast.service.events import (
     BREAKER_CLOSED,
     BREAKER_HALF_OPENED,
@@ -69,6 +71,57 @@ class _RouterCollector(Collector):
         for node_id, rate in list(self._engine_hit_rates.items()):
             hit_rate.add_metric(["engine", node_id], rate)
         return [gpu, in_flight, breaker, hit_rate]
+
+
+class _ReplicaSyncCollector(Collector):
+    """Active-active sync: what this replica sent and applied, its peers, the link."""
+
+    def __init__(self, sync: ReplicaSync, link: RedisReplicaLink) -> None:
+        self._sync = sync
+        self._link = link
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        sync, link = self._sync, self._link
+        c, lc = sync.counters, link.counters
+        yield GaugeMetricFamily(
+            "llmlb_replica_sync_connected", "1 while Redis answers this replica",
+            value=float(link.connected),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "llmlb_replica_sync_warm",
+            "1 once the replica knows its peers' in-flight sets (it serves from then on)",
+            value=float(link.warm.is_set()),
+        )
+        yield GaugeMetricFamily(
+            "llmlb_replica_sync_peers", "Other replicas heard within the TTL",
+            value=len(sync.peers),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "llmlb_replica_sync_remote_in_flight",
+            "Other replicas' requests counted on this replica's nodes",
+            value=sync.router.remote_in_flight_total,
+        )
+        yield GaugeMetricFamily(
+            "llmlb_replica_sync_lag_seconds",
+            "Send-to-apply delay of the last batch from a peer (clocks of two hosts)",
+            value=c.last_lag_s,
+        )
+        for name, doc, value in (
+            ("batches_sent", "Batches this replica sent", c.batches_sent),
+            ("messages_sent", "Messages in the batches this replica sent", c.messages_sent),
+            ("bytes_sent", "Bytes of the batches this replica sent", c.bytes_sent),
+            ("batches_received", "Peers' batches applied", c.batches_received),
+            ("bytes_received", "Bytes of the peers' batches applied", c.bytes_received),
+            ("dropped_batches", "Batches lost while Redis was unreachable", lc.dropped_batches),
+            ("gaps", "Peers' batches that never arrived (answered by a snapshot)", c.gaps),
+            ("malformed_batches", "Batches that did not decode (skipped)", c.malformed),
+            ("snapshots_applied", "Peers' whole in-flight sets applied", c.snapshots_applied),
+            ("peers_expired", "Peers forgotten after the TTL", c.peers_expired),
+            ("unknown_node", "Peers' decisions for nodes this replica does not know",
+             c.unknown_node),
+            ("reconnects", "Reconnections to Redis", lc.reconnects),
+        ):  # fmt: skip
+            yield CounterMetricFamily(f"llmlb_replica_sync_{name}", doc, value=value)
 
 
 class _KvEventsCollector(Collector):
@@ -184,6 +237,9 @@ class Telemetry:
 
     def watch_kv_events(self, ingest: KvEventIngest) -> None:
         self.registry.register(_KvEventsCollector(self._router, ingest))
+
+    def watch_replicas(self, sync: ReplicaSync, link: RedisReplicaLink) -> None:
+        self.registry.register(_ReplicaSyncCollector(sync, link))
 
     def observe_route(self, policy: str, reason: str, seconds: float) -> None:
         children = self._route_children.get((policy, reason))

@@ -51,9 +51,9 @@ def node_spec(node_id: str, url: str, profile: HardwareProfile, model: str) -> d
 class SimNodeReporter(MetricsReporter):
     """Forwards each report of a simulated node to the router, as an agent would."""
 
-    def __init__(self, node_id: str, router: str, token: str | None) -> None:
+    def __init__(self, node_id: str, routers: Sequence[str], token: str | None) -> None:
         # interval 0: the node paces the samples (one per simulated report interval).
-        super().__init__(node_id, router, interval_s=0.0, token=token)
+        super().__init__(node_id, routers, interval_s=0.0, token=token)
         self._figures: dict[str, float] | None = None
         self._fresh = asyncio.Event()
 
@@ -100,9 +100,9 @@ class SimCluster:
             )
             for i, profile in enumerate(profiles)
         ]
-        self.router: str | None = None
+        self.routers: list[str] = []
         self.token: str | None = None
-        self.registered: list[str] = []
+        self.registered: list[tuple[str, str]] = []  # (router, node id)
         self._reporters: list[asyncio.Task[None]] = []
 
     def specs(self) -> list[dict[str, Any]]:
@@ -129,14 +129,19 @@ class SimCluster:
         for i, node in enumerate(self.nodes):
             await node.start(host, base_port + i if base_port else 0)
 
-    async def connect(self, router: str, *, token: str | None = None, register: bool) -> None:
-        """Registers the nodes (when ``register``; retried until the router answers),
-        then streams every node's metrics to ``router``."""
-        self.router, self.token = router, token
+    async def connect(
+        self, routers: str | Sequence[str], *, token: str | None = None, register: bool
+    ) -> None:
+        """Registers the nodes with every router (when ``register``; retried until it
+        answers), then streams every node's metrics to every router (the replicas of an
+        active-active router each need them)."""
+        self.routers = [routers] if isinstance(routers, str) else list(routers)
+        self.token = token
         if register:
-            await self._register_all()
+            for router in self.routers:
+                await self._register_all(router)
         for node in self.nodes:
-            reporter = SimNodeReporter(node.node_id, router, token)
+            reporter = SimNodeReporter(node.node_id, self.routers, token)
             node.on_metrics = reporter.on_metrics
             self._reporters.append(asyncio.create_task(reporter.run()))
 
@@ -161,15 +166,14 @@ class SimCluster:
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
-    async def _register_all(self) -> None:
+    async def _register_all(self, router: str) -> None:
         import grpc
 
         from grpc_server.llmlb.v1 import router_pb2 as pb
         from grpc_server.llmlb.v1 import router_pb2_grpc as pb_grpc
 
-        assert self.router is not None
         backoff = BACKOFF_INITIAL_S
-        async with grpc.aio.insecure_channel(self.router) as channel:
+        async with grpc.aio.insecure_channel(router) as channel:
             stub = pb_grpc.RouterStub(channel)  # type: ignore[no-untyped-call]
             for node, spec in zip(self.nodes, self.specs(), strict=True):
                 publisher = node.kv_publisher
@@ -195,18 +199,18 @@ class SimCluster:
                             grpc.StatusCode.DEADLINE_EXCEEDED,
                         ):
                             raise ClusterError(
-                                f"router {self.router} refused node {spec['id']}: "
+                                f"router {router} refused node {spec['id']}: "
                                 f"{error.code().name}: {error.details()}"
                             ) from None
                         print(
-                            f"llmlb sim-cluster: router {self.router} unreachable "
+                            f"llmlb sim-cluster: router {router} unreachable "
                             f"({error.code().name}); retrying in {backoff:.1f} s",
                             file=sys.stderr,
                             flush=True,
                         )
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, BACKOFF_MAX_S)
-                self.registered.append(spec["id"])
+                self.registered.append((router, spec["id"]))
 
     async def _deregister_all(self) -> None:
         import grpc
@@ -214,25 +218,25 @@ class SimCluster:
         from grpc_server.llmlb.v1 import router_pb2 as pb
         from grpc_server.llmlb.v1 import router_pb2_grpc as pb_grpc
 
-        assert self.router is not None
-        async with grpc.aio.insecure_channel(self.router) as channel:
-            stub = pb_grpc.RouterStub(channel)  # type: ignore[no-untyped-call]
-            for node_id in list(self.registered):
-                try:
-                    await stub.DeregisterNode(
-                        pb.DeregisterNodeRequest(node_id=node_id),
-                        metadata=self._metadata(),
-                        timeout=2.0,
-                    )
-                except grpc.aio.AioRpcError as error:
-                    if error.code() is not grpc.StatusCode.NOT_FOUND:
-                        print(
-                            f"llmlb sim-cluster: could not deregister {node_id}: "
-                            f"{error.code().name}: {error.details()}",
-                            file=sys.stderr,
+        for router in dict.fromkeys(r for r, _ in self.registered):
+            async with grpc.aio.insecure_channel(router) as channel:
+                stub = pb_grpc.RouterStub(channel)  # type: ignore[no-untyped-call]
+                for entry in [e for e in self.registered if e[0] == router]:
+                    try:
+                        await stub.DeregisterNode(
+                            pb.DeregisterNodeRequest(node_id=entry[1]),
+                            metadata=self._metadata(),
+                            timeout=2.0,
                         )
-                        continue
-                self.registered.remove(node_id)
+                    except grpc.aio.AioRpcError as error:
+                        if error.code() is not grpc.StatusCode.NOT_FOUND:
+                            print(
+                                f"llmlb sim-cluster: could not deregister {entry[1]} from "
+                                f"{router}: {error.code().name}: {error.details()}",
+                                file=sys.stderr,
+                            )
+                            continue
+                    self.registered.remove(entry)
 
 
 def cluster_profiles(spec: str, profiles_file: str | None) -> list[HardwareProfile]:
@@ -269,7 +273,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="wall seconds between SSE chunks of a stream (coarser = less CPU)",
     )
     parser.add_argument(
-        "--router", metavar="HOST:PORT", help="register with this router and report metrics"
+        "--router",
+        action="append",
+        metavar="HOST:PORT",
+        help="register with this router and report metrics to it (repeat it for every "
+        "replica of an active-active router)",
     )
     parser.add_argument(
         "--kv-events",
@@ -303,7 +311,8 @@ async def serve_cluster(args: argparse.Namespace, profiles: list[HardwareProfile
     if args.router:
         token = args.token or os.environ.get("LLMLB_TOKEN")
         connecting = asyncio.create_task(cluster.connect(args.router, token=token, register=True))
-        connecting.add_done_callback(lambda task: _connected(task, args.router, stop))
+        routers = ", ".join(args.router)
+        connecting.add_done_callback(lambda task: _connected(task, routers, stop))
     await stop.wait()
     code = 0
     if connecting is not None:

@@ -8,7 +8,14 @@ request is released with ``Router.complete`` when it finishes or times out; ever
 through ``Router.update_metrics``. With ``kv_events`` (the default) each engine's prefix
 cache reports what it stores and evicts, as vLLM's KV events do, and the router gets
 them ``kv_event_delay_s`` later (``Router.kv_blocks_stored`` / ``kv_blocks_removed``,
-the block keys being the router's chain hashes). Runs are deterministic for a given seed.
+the block keys being the router's chain hashes).
+
+With ``replicas`` K > 1, K routers route as active-active replicas behind a random
+splitter: each arrival goes to a random replica, every replica gets the engines'
+metrics and KV events, and each replica's decisions, first tokens and completions reach
+the others ``sync_delay_s`` later as :class:`~llmlb_fast.replicas.ReplicaSync` batches,
+the messages the Redis transport carries (``sync_delay_s=None``: replicas that share
+nothing). Runs are deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -16,20 +23,25 @@ from __future__ import annotations
 import gc
 import heapq
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 from llmlb_fast import Node, Router, RouterConfig
+from llmlb_fast.replicas.messages import Batch, decode
+from llmlb_fast.replicas.sync import ReplicaSync
 from llmlb_fast.sim.engine import Engine, EventKind, SimRequest
 from llmlb_fast.sim.monitor import EngineMonitor, NodeSample
 from llmlb_fast.sim.profiles import BLOCK_TOKENS, HardwareProfile
 from llmlb_fast.sim.workloads import WorkItem, Workload
 
-_ARRIVAL, _NODE, _DEADLINE, _MONITOR, _KV_EVENTS = 0, 1, 2, 3, 4
+_ARRIVAL, _NODE, _DEADLINE, _MONITOR, _KV_EVENTS, _SYNC = 0, 1, 2, 3, 4, 5
 # vLLM hands each scheduler step's events to its publisher thread, which sends them at
 # once; over a LAN and the router's ingestion that is a few milliseconds.
 KV_EVENT_DELAY_S = 0.005
+# A few milliseconds of batching, then one round trip through Redis on a LAN.
+SYNC_DELAY_S = 0.005
 
 
 @dataclass
@@ -40,6 +52,7 @@ class RequestRecord:
     cached_tokens: int = 0
     # What the router expected the chosen node to have cached (None: not known, live runs).
     predicted_cached_tokens: int | None = None
+    replica: int = 0
     output_tokens: int = 0
     ttft_s: float | None = None
     finish_s: float | None = None
@@ -58,6 +71,10 @@ class RunResult:
     samples: list[NodeSample] = field(default_factory=list)
     preemptions: int = 0
     wall_s: float = 0.0
+    replicas: int = 1
+    # Replica sync traffic (K > 1 with sync): encoded batches and their bytes.
+    sync_batches: int = 0
+    sync_bytes: int = 0
 
 
 def router_node(node_id: str, profile: HardwareProfile) -> Node:
@@ -91,6 +108,8 @@ class Simulation:
         seed: int = 0,
         kv_events: bool = True,
         kv_event_delay_s: float = KV_EVENT_DELAY_S,
+        replicas: int = 1,
+        sync_delay_s: float | None = SYNC_DELAY_S,
     ) -> None:
         if not cluster:
             raise ValueError("the cluster needs at least one node")
@@ -99,14 +118,34 @@ class Simulation:
         self.workload = workload
         if kv_event_delay_s < 0:
             raise ValueError("kv_event_delay_s must be >= 0")
+        if replicas < 1:
+            raise ValueError("replicas must be >= 1")
+        if sync_delay_s is not None and sync_delay_s < 0:
+            raise ValueError("sync_delay_s must be >= 0 (None: no sync)")
         self.node_ids = [f"node-{i}" for i in range(len(cluster))]
         base = config.to_dict() if config is not None else {}
         base.update(policy=policy, seed=seed)
-        self.router = Router(
-            RouterConfig(**base),  # type: ignore[arg-type]
-            [router_node(nid, p) for nid, p in zip(self.node_ids, cluster, strict=True)],
-            manual_clock=True,
+        self.routers = [
+            Router(
+                RouterConfig(**base),  # type: ignore[arg-type]
+                [router_node(nid, p) for nid, p in zip(self.node_ids, cluster, strict=True)],
+                manual_clock=True,
+            )
+            for _ in range(replicas)
+        ]
+        self.router = self.routers[0]
+        self._now = 0.0
+        self.sync_delay_s = sync_delay_s
+        # Replica i is "replica-i"; no peer ever falls silent here, so the TTL never ends.
+        self.syncs = (
+            [
+                ReplicaSync(r, f"replica-{i}", ttl_s=duration_s + 1, clock=self._clock)
+                for i, r in enumerate(self.routers)
+            ]
+            if replicas > 1 and sync_delay_s is not None
+            else None
         )
+        self._splitter = random.Random(seed ^ 0x5EED)
         self.node_index = {nid: i for i, nid in enumerate(self.node_ids)}
         # The engine's block keys are the router's block hashes when the block sizes agree;
         # so are its events' (other sizes would need the blocks' tokens: events stay off).
@@ -118,8 +157,9 @@ class Simulation:
             for p, nid in zip(cluster, self.node_ids, strict=True)
         ]
         if self.kv_events:
-            for nid in self.node_ids:
-                self.router.set_kv_events_state(nid, "live")
+            for router in self.routers:
+                for nid in self.node_ids:
+                    router.set_kv_events_state(nid, "live")
         self.duration_s = duration_s
         self.warmup_s = warmup_s
         self.timeout_s = timeout_s
@@ -137,6 +177,8 @@ class Simulation:
         self._scheduled: list[float | None] = [None] * len(self.engines)
         self._versions = [0] * len(self.engines)
         self._records: dict[str, RequestRecord] = {}
+        self.sync_bytes = 0
+        self.sync_batches = 0
         self._items: dict[str, WorkItem] = {}
         self.monitors = [EngineMonitor(e, self.monitor_interval_s) for e in self.engines]
         self._monitor_ticks = 0
@@ -183,8 +225,10 @@ class Simulation:
                 self._on_deadline(cast(tuple[int, SimRequest], payload), time_s)
             elif kind == _KV_EVENTS:
                 self._on_kv_events(
-                    cast(tuple[int, list[tuple[str, list[int], int | None]]], payload)
+                    cast(tuple[int, list[tuple[str, list[int], int | None]]], payload), time_s
                 )
+            elif kind == _SYNC:
+                self._on_sync(cast(tuple[int, bytes], payload), time_s)
             else:
                 self._on_monitor(time_s)
                 if self._idle():
@@ -197,6 +241,8 @@ class Simulation:
             progress(max(0.0, min(end, self.duration_s) - last_progress))
         self.result.requests = list(self._records.values())
         self.result.preemptions = sum(e.counters.preemptions for e in self.engines)
+        self.result.replicas = len(self.routers)
+        self.result.sync_batches, self.result.sync_bytes = self.sync_batches, self.sync_bytes
         return self.result
 
     def _idle(self) -> bool:
@@ -210,9 +256,41 @@ class Simulation:
             if nxt is not None:
                 self._push(nxt, _NODE, (node, self._versions[node]))
 
-    def _on_arrival(self, item: WorkItem, now: float) -> None:
-        router = self.router
+    def _clock(self) -> float:
+        return self._now
+
+    def _replica_router(self, request_id: str, now: float) -> tuple[int, Router]:
+        replica = self._records[request_id].replica
+        router = self.routers[replica]
         router.set_time(now)
+        return replica, router
+
+    def _sync(self, replica: int, now: float) -> None:
+        """Sends what the replica did just now to the others, ``sync_delay_s`` later."""
+        if self.syncs is None:
+            return
+        payload = self.syncs[replica].take_batch()
+        if payload is not None:
+            self.sync_batches += 1
+            self.sync_bytes += len(payload)
+            self._push(now + cast(float, self.sync_delay_s), _SYNC, (replica, payload))
+
+    def _on_sync(self, payload: tuple[int, bytes], now: float) -> None:
+        sender, encoded = payload
+        assert self.syncs is not None
+        self._now = now
+        batch: Batch = decode(encoded)
+        for i, sync in enumerate(self.syncs):
+            if i != sender:
+                self.routers[i].set_time(now)
+                sync.apply_batch(batch)
+                self._sync(i, now)  # a Hello's snapshot answer, if any
+
+    def _on_arrival(self, item: WorkItem, now: float) -> None:
+        replica = self._splitter.randrange(len(self.routers)) if len(self.routers) > 1 else 0
+        router = self.routers[replica]
+        router.set_time(now)
+        self._now = now
         prompt_tokens = item.prompt_tokens
         if self._route_by_keys:
             block_keys = self.workload.block_keys(item)
@@ -244,16 +322,23 @@ class Simulation:
             node=node,
             prompt_tokens=prompt_tokens,
             predicted_cached_tokens=decision.matched_tokens,
+            replica=replica,
         )
         self._records[item.request_id] = record
         self._items[item.request_id] = item
+        if self.syncs is not None:
+            self.syncs[replica].routed(decision)
         try:
             self.engines[node].submit(request, now)
         except ValueError:
             record.outcome = "rejected"
             router.complete(item.request_id, "error")
+            if self.syncs is not None:
+                self.syncs[replica].ended(item.request_id)
+            self._sync(replica, now)
             self._follow_up(item, now, ok=False)
             return
+        self._sync(replica, now)
         self._reschedule(node)
         self._send_kv_events(node, now)
         self._push(request.deadline_s, _DEADLINE, (node, request))
@@ -266,8 +351,13 @@ class Simulation:
             if event.kind is EventKind.FINISHED:
                 self._finish(event.request, now, "ok")
             elif event.kind is EventKind.FIRST_TOKEN:
-                self.router.set_time(now)
-                self.router.first_token(event.request.request_id)
+                request_id = event.request.request_id
+                replica, router = self._replica_router(request_id, now)
+                router.first_token(request_id)
+                if self.syncs is not None:
+                    self._now = now
+                    self.syncs[replica].first_token(request_id)
+                    self._sync(replica, now)
 
     def _on_deadline(self, payload: tuple[int, SimRequest], now: float) -> None:
         node, request = payload
@@ -282,15 +372,18 @@ class Simulation:
             if events:
                 self._push(now + self.kv_event_delay_s, _KV_EVENTS, (node, events))
 
-    def _on_kv_events(self, payload: tuple[int, list[tuple[str, list[int], int | None]]]) -> None:
+    def _on_kv_events(
+        self, payload: tuple[int, list[tuple[str, list[int], int | None]]], now: float
+    ) -> None:
         node, events = payload
         node_id = self.node_ids[node]
-        router = self.router
-        for kind, keys, parent in events:
-            if kind == "stored":
-                router.kv_blocks_stored(node_id, keys, parent)
-            else:
-                router.kv_blocks_removed(node_id, keys)
+        for router in self.routers:  # every replica follows every engine's stream
+            router.set_time(now)
+            for kind, keys, parent in events:
+                if kind == "stored":
+                    router.kv_blocks_stored(node_id, keys, parent)
+                else:
+                    router.kv_blocks_removed(node_id, keys)
 
     def _finish(self, request: SimRequest, now: float, outcome: str) -> None:
         record = self._records[request.request_id]
@@ -301,14 +394,18 @@ class Simulation:
         record.preemptions = request.preemptions
         ok = outcome == "ok"
         record.output_tokens = request.output_tokens if ok else 0
-        self.router.set_time(now)
-        self.router.complete(
+        replica, router = self._replica_router(request.request_id, now)
+        router.complete(
             request.request_id,
             outcome,
             ttft_s=request.ttft_s,
             tokens_in=request.prompt_tokens,
             tokens_out=record.output_tokens,
         )
+        if self.syncs is not None:
+            self._now = now
+            self.syncs[replica].ended(request.request_id)
+            self._sync(replica, now)
         item = self._items.pop(request.request_id)
         self._follow_up(item, now, ok=ok)
 
@@ -317,13 +414,15 @@ class Simulation:
             self._push(max(nxt.arrival_s, now), _ARRIVAL, nxt)
 
     def _on_monitor(self, now: float) -> None:
-        router = self.router
-        router.set_time(now)
+        for router in self.routers:
+            router.set_time(now)
         self._monitor_ticks += 1
         sample = self._monitor_ticks % self.sample_every == 0
         for i, monitor in enumerate(self.monitors):
             reading = monitor.read(now)
-            router.update_metrics(self.node_ids[i], **monitor.figures(reading))
+            figures = monitor.figures(reading)
+            for router in self.routers:  # the agent reports to every replica
+                router.update_metrics(self.node_ids[i], **figures)
             if sample:
                 self.result.samples.append(monitor.sample(reading, now, i))
 
@@ -379,6 +478,10 @@ def summarize(result: RunResult) -> dict[str, float]:
         "predicted_cache_missed": missed / expected if expected else math.nan,
         "preemptions": float(result.preemptions),
         "max_over_mean_node_requests": max(per_node) / mean_node if mean_node else math.nan,
+        "replicas": float(result.replicas),
+        "sync_bytes_per_request": result.sync_bytes / len(result.requests)
+        if result.requests
+        else 0.0,
     }
 
 

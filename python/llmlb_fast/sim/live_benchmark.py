@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import signal
 import sys
 import tempfile
 import time
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from llmlb_fast.sim.cluster import SimCluster
-from llmlb_fast.sim.des import RunResult, summarize
+from llmlb_fast.sim.des import RequestRecord, RunResult, summarize
 from llmlb_fast.sim.load_generator import WORDS, ChatLoad, LiveChatLoad
 from llmlb_fast.sim.monitor import EngineMonitor, NodeSample
 from llmlb_fast.sim.peer_routers import (
@@ -43,6 +44,8 @@ from llmlb_fast.sim.peer_routers import (
     serve_config,
 )
 from llmlb_fast.sim.profiles import HardwareProfile
+from llmlb_fast.sim.redis_server import RedisServer, find_redis_server
+from llmlb_fast.sim.replica_sweep import parse_replicas
 from llmlb_fast.sim.report import format_table, write_outputs
 from llmlb_fast.sim.sim_tokenizer import BOS, write_model_files
 from llmlb_fast.tokenizer import ModelTokenizer
@@ -60,12 +63,19 @@ class LiveSettings:
     # The nodes publish KV events and tokenize with a BPE trained here, which the
     # router's proxy then uses too (prompt sizes differ from the stand-in tokenizer's).
     kv_events: bool = False
+    # With K > 1 replicas: SIGKILL the first replica at this simulated second, and
+    # compare the KV hit rate of the ``kill_window_s`` before and after.
+    kill_replica_at_s: float | None = None
+    kill_window_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.dilation <= 0 or self.chunk_interval_s <= 0:
             raise ValueError("--dilation and --chunk-interval must be > 0")
         if not 0 <= self.warmup_s < self.load.duration_s:
             raise ValueError("--warmup must be >= 0 and less than --duration")
+        kill = self.kill_replica_at_s
+        if kill is not None and not 0 < kill < self.load.duration_s:
+            raise ValueError("--kill-replica-at must be within the run (0, --duration)")
 
 
 @dataclass
@@ -79,6 +89,10 @@ class LiveRun:
     unknown_node: int
     engine_ttft_mean_ms: float
     client_ttft_mean_ms: float
+    replicas: int = 1
+    retries: int = 0
+    kill: dict[str, float] | None = None
+    redis: dict[str, float] | None = None
 
 
 # --- one run --------------------------------------------------------------------------
@@ -124,11 +138,13 @@ class Target:
     label: str
     policy: str | None = None
     external: External | None = None
+    replicas: int = 1
     runs: list[LiveRun] = field(default_factory=list)
 
 
 async def in_flight_total(grpc_port: int, settle_s: float = 3.0) -> int:
-    """Requests the router still holds once the abandoned streams have been released."""
+    """Requests the router still holds once the abandoned streams have been released
+    (a replica counts its peers' too)."""
     import grpc
 
     from grpc_server.llmlb.v1 import router_pb2 as pb
@@ -176,18 +192,70 @@ async def _run_on(
     if target.external is not None:
         urls = [node.url for node in cluster.nodes]
         async with external_router(target.external, urls, workdir) as url:
-            return await measure(settings, target, cluster, url, None, progress)
+            return await measure(settings, target, cluster, [url], [], progress)
     assert target.policy is not None
     config = serve_config(target.policy, cluster.specs())
     if tokenizer_files is not None:
         add_kv_events(config, cluster, settings.load.model, tokenizer_files)
+    if target.replicas > 1:
+        return await _run_replicas(settings, target, cluster, workdir, config, progress)
     async with llmlb_service(config, workdir) as ports:
         await cluster.connect(f"127.0.0.1:{ports['grpc']}", register=False)
         url = f"http://127.0.0.1:{ports['proxy']}"
         try:
-            return await measure(settings, target, cluster, url, ports["grpc"], progress)
+            return await measure(settings, target, cluster, [url], [ports["grpc"]], progress)
         finally:
             await cluster.disconnect()
+
+
+async def _run_replicas(
+    settings: LiveSettings,
+    target: Target,
+    cluster: SimCluster,
+    workdir: Path,
+    config: dict[str, Any],
+    progress: bool,
+) -> LiveRun:
+    """K ``llmlb serve`` replicas sharing a real redis-server; every node reports to
+    every replica; the load goes to a random replica per request."""
+    binary = find_redis_server()
+    if binary is None:
+        raise RuntimeError("--replicas needs redis-server on PATH (apt install redis-server)")
+    redis = RedisServer(binary, workdir)
+    await asyncio.to_thread(redis.start)
+    processes: list[asyncio.subprocess.Process] = []
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            ports = []
+            for i in range(target.replicas):
+                replica = {**config, "replicas": {"redis_url": redis.url, "name": f"replica-{i}"}}
+                service = llmlb_service(replica, workdir, f"replica-{i}", processes)
+                ports.append(await stack.enter_async_context(service))
+            await cluster.connect([f"127.0.0.1:{p['grpc']}" for p in ports], register=False)
+            urls = [f"http://127.0.0.1:{p['proxy']}" for p in ports]
+            try:
+                run = await measure(
+                    settings, target, cluster, urls, [p["grpc"] for p in ports], progress,
+                    processes,
+                )  # fmt: skip
+            finally:
+                await cluster.disconnect()
+        run.redis = redis_traffic(await asyncio.to_thread(redis.info, "all"), run)
+        return run
+    finally:
+        await asyncio.to_thread(redis.stop)
+
+
+def redis_traffic(info: dict[str, object], run: LiveRun) -> dict[str, float]:
+    """What the sync cost Redis, per request the load sent."""
+    requests = max(1, len(run.result.requests))
+    xadd = info.get("cmdstat_xadd")
+    calls = float(xadd["calls"]) if isinstance(xadd, dict) else math.nan
+    return {
+        "bytes_in_per_request": float(str(info.get("total_net_input_bytes", "nan"))) / requests,
+        "bytes_out_per_request": float(str(info.get("total_net_output_bytes", "nan"))) / requests,
+        "xadd_per_request": calls / requests,
+    }
 
 
 def add_kv_events(
@@ -207,12 +275,13 @@ async def measure(
     settings: LiveSettings,
     target: Target,
     cluster: SimCluster,
-    url: str,
-    grpc_port: int | None,
+    urls: list[str],
+    grpc_ports: list[int],
     progress: bool,
+    processes: list[asyncio.subprocess.Process] | None = None,
 ) -> LiveRun:
     node_index = {node.node_id: i for i, node in enumerate(cluster.nodes)}
-    load = LiveChatLoad(url, settings.load, settings.dilation, node_index)
+    load = LiveChatLoad(urls, settings.load, settings.dilation, node_index)
     sampler = NodeSampler(cluster, load, settings.sample_interval_s)
     started = time.perf_counter()
     bar: Any = None
@@ -221,17 +290,27 @@ async def measure(
 
         bar = tqdm(total=round(settings.load.duration_s), desc=target.label, unit="sim s")
     sampling = asyncio.create_task(sampler.run(bar.update if bar is not None else None))
+    killing = None
+    if settings.kill_replica_at_s is not None and processes and len(processes) > 1:
+        killing = asyncio.create_task(_kill_at(processes[0], settings.kill_replica_at_s, load))
     try:
         stats = await load.run()
     finally:
-        sampling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampling
+        for task in (sampling, killing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if bar is not None:
             bar.update(bar.total - bar.n)
             bar.close()
     wall = time.perf_counter() - started
-    in_flight = await in_flight_total(grpc_port) if grpc_port is not None else None
+    alive = [
+        port
+        for i, port in enumerate(grpc_ports)
+        if processes is None or i >= len(processes) or processes[i].returncode is None
+    ]
+    in_flight = max([await in_flight_total(port) for port in alive], default=None)
     queries = sum(n.engine.counters.prompt_tokens for n in cluster.nodes)
     hits = sum(n.engine.counters.cached_tokens for n in cluster.nodes)
     result = RunResult(
@@ -260,7 +339,42 @@ async def measure(
         unknown_node=stats.unknown_node,
         engine_ttft_mean_ms=engine_sum / engine_count * 1e3 if engine_count else math.nan,
         client_ttft_mean_ms=sum(client) / len(client) * 1e3 if client else math.nan,
+        replicas=target.replicas,
+        retries=stats.retries,
+        kill=kill_effect(stats.records, settings) if killing is not None else None,
     )
+
+
+async def _kill_at(process: asyncio.subprocess.Process, at_s: float, load: LiveChatLoad) -> None:
+    await asyncio.sleep(max(0.0, at_s - load.sim_now()) / load.dilation)
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGKILL)
+    await process.wait()
+
+
+def kill_effect(records: Sequence[RequestRecord], settings: LiveSettings) -> dict[str, float]:
+    """KV hit rate and failed requests in the window before the kill and after it."""
+    assert settings.kill_replica_at_s is not None
+    at, window = settings.kill_replica_at_s, settings.kill_window_s
+
+    def figures(start: float, end: float) -> tuple[float, float]:
+        chosen = [r for r in records if start <= r.arrival_s < end]
+        served = [r for r in chosen if r.outcome == "ok"]
+        prompt = sum(r.prompt_tokens for r in served)
+        hit = sum(r.cached_tokens for r in served) / prompt if prompt else math.nan
+        return hit, float(sum(1 for r in chosen if r.outcome == "rejected"))
+
+    hit_before, failed_before = figures(at - window, at)
+    hit_after, failed_after = figures(at, at + window)
+    return {
+        "at_s": at,
+        "window_s": window,
+        "kv_hit_before": hit_before,
+        "kv_hit_after": hit_after,
+        "kv_hit_after_over_before": hit_after / hit_before if hit_before else math.nan,
+        "failed_before": failed_before,
+        "failed_after": failed_after,
+    }
 
 
 def live_summary(run: LiveRun) -> dict[str, float]:
@@ -337,6 +451,20 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
         "which llmlb's proxy uses too (off by default: it changes prompt sizes from the "
         "stand-in tokenizer the live runs are calibrated with)",
     )
+    g.add_argument(
+        "--kill-replica-at",
+        type=float,
+        metavar="SECONDS",
+        help="with --replicas K > 1: SIGKILL the first replica at this simulated second and "
+        "report the KV hit rate and failed requests of --kill-window before and after",
+    )
+    g.add_argument(
+        "--kill-window",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="simulated seconds compared before and after --kill-replica-at (60)",
+    )
 
 
 def apply_live_defaults(args: argparse.Namespace, des_defaults: dict[str, Any]) -> list[str]:
@@ -379,11 +507,19 @@ def settings_from_args(
         warmup_s=args.warmup,
         report_interval_s=args.monitor_interval,
         kv_events=args.live_kv_events,
+        kill_replica_at_s=args.kill_replica_at,
+        kill_window_s=args.kill_window,
     )
 
 
-def make_targets(policies: Sequence[str], externals: Sequence[External]) -> list[Target]:
-    targets = [Target(label=p, policy=p) for p in policies]
+def make_targets(
+    policies: Sequence[str], externals: Sequence[External], replica_counts: Sequence[int] = (1,)
+) -> list[Target]:
+    targets = [
+        Target(label=p if k == 1 else f"{p} x{k} replicas", policy=p, replicas=k)
+        for p in policies
+        for k in replica_counts
+    ]
     targets += [Target(label=e.label, external=e) for e in externals if e.path is not None]
     return targets
 
@@ -429,6 +565,9 @@ def run_live(
         settings = settings_from_args(args, cluster)
         names = [n.strip() for n in (args.external or "").split(",") if n.strip()]
         externals = find_externals(names, args.external_bin_dir)
+        counts = parse_replicas(args.replicas)
+        if args.kill_replica_at is not None and max(counts) < 2:
+            raise ValueError("--kill-replica-at needs --replicas with a count of 2 or more")
     except ValueError as error:
         print(f"llmlb bench: {error}", file=sys.stderr)
         return 2
@@ -438,7 +577,7 @@ def run_live(
     for external in externals:
         if external.path is None:
             print(f"skipping {external.label}: {external.reason}", flush=True)
-    targets = make_targets(policies, externals)
+    targets = make_targets(policies, externals, counts)
     started = time.perf_counter()
     try:
         skipped = asyncio.run(run_targets(settings, targets, progress=not args.no_progress))
@@ -454,6 +593,8 @@ def run_live(
     baseline = "round_robin" if "round_robin" in summaries else None
     table = format_table(summaries, baseline)
     print(table)
+    for line in replica_lines(runs):
+        print(line)
     print(
         f"\n{len(runs)} live runs in {time.perf_counter() - started:.1f} s wall time "
         f"(dilation {settings.dilation:g}: TTFT = client wall time x {settings.dilation:g})"
@@ -469,6 +610,10 @@ def run_live(
                 "requests_with_unknown_node": r.unknown_node,
                 "engine_ttft_mean_ms": round(r.engine_ttft_mean_ms, 1),
                 "client_ttft_mean_ms": round(r.client_ttft_mean_ms, 1),
+                "replicas": r.replicas,
+                "retries_on_another_replica": r.retries,
+                **({"kill": r.kill} if r.kill is not None else {}),
+                **({"redis": r.redis} if r.redis is not None else {}),
             }
             for r in runs
         },
@@ -481,3 +626,29 @@ def run_live(
         ):
             print(f"wrote {path}")
     return 0
+
+
+def replica_lines(runs: Sequence[LiveRun]) -> list[str]:
+    """What only replicated runs have: retries, the kill's effect, Redis traffic."""
+    lines = []
+    for run in runs:
+        if run.replicas == 1:
+            continue
+        label = run.result.policy
+        lines.append(f"{label}: {run.retries} requests retried on another replica")
+        if run.kill is not None:
+            k = run.kill
+            lines.append(
+                f"{label}: replica killed at {k['at_s']:g} s; KV hit {k['kv_hit_before']:.1%} in "
+                f"the {k['window_s']:g} s before, {k['kv_hit_after']:.1%} after "
+                f"(x{k['kv_hit_after_over_before']:.2f}); failed requests "
+                f"{k['failed_before']:g} before, {k['failed_after']:g} after"
+            )
+        if run.redis is not None:
+            r = run.redis
+            lines.append(
+                f"{label}: Redis took {r['bytes_in_per_request']:.0f} B in, "
+                f"{r['bytes_out_per_request']:.0f} B out and {r['xadd_per_request']:.2f} XADD "
+                "per request"
+            )
+    return lines

@@ -20,6 +20,7 @@ import contextlib
 import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -73,21 +74,36 @@ def filler_text(rng: random.Random, tokens: int, tag: str = "") -> str:
     return " ".join(parts)[:size]
 
 
+# A replica that is down or died: worth another replica when no token came yet.
+_RETRYABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+
+
 @dataclass
 class LoadStats:
     """What the generator saw, besides the per-request records."""
 
     records: list[RequestRecord] = field(default_factory=list)
     unknown_node: int = 0
+    # Attempts sent again to another router replica (the first could not connect, or
+    # broke before the first token).
+    retries: int = 0
 
 
 class LiveChatLoad:
-    """Plays a :class:`ChatLoad` against ``base_url`` (an OpenAI-compatible endpoint)."""
+    """Plays a :class:`ChatLoad` against ``base_url`` (an OpenAI-compatible endpoint), or
+    against several (router replicas): each request goes to a random one, and to
+    another when it cannot connect or breaks before its first token."""
 
     def __init__(
-        self, base_url: str, load: ChatLoad, dilation: float, node_index: dict[str, int]
+        self,
+        base_url: str | Sequence[str],
+        load: ChatLoad,
+        dilation: float,
+        node_index: dict[str, int],
     ) -> None:
-        self.url = base_url.rstrip("/") + CHAT_PATH
+        bases = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.urls = [base.rstrip("/") + CHAT_PATH for base in bases]
+        self._splitter = random.Random(f"{load.seed}:replicas")
         self.load = load
         self.dilation = dilation
         self.node_index = node_index
@@ -185,9 +201,34 @@ class LiveChatLoad:
         first: asyncio.Event,
     ) -> str | None:
         started = time.monotonic()
+        replicas = list(range(len(self.urls)))
+        self._splitter.shuffle(replicas)
+        for attempt, replica in enumerate(replicas):
+            record.replica = replica
+            try:
+                return await self._attempt(
+                    session, self.urls[replica], body, record, first, started
+                )
+            except _RETRYABLE:
+                if record.ttft_s is not None or attempt == len(replicas) - 1:
+                    break  # tokens were streamed already: a retry would repeat them
+                self.stats.retries += 1
+        record.outcome, record.finish_s = "rejected", self.sim_now()
+        return None
+
+    async def _attempt(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        body: dict[str, object],
+        record: RequestRecord,
+        first: asyncio.Event,
+        started: float,
+    ) -> str | None:
+        """One try at one replica; raises the connection errors worth retrying."""
         pieces: list[str] = []
         try:
-            async with session.post(self.url, json=body) as response:
+            async with session.post(url, json=body) as response:
                 node = response.headers.get("x-llmlb-node")
                 if node is not None:
                     record.node = self.node_index.get(node, -1)
@@ -216,6 +257,8 @@ class LiveChatLoad:
                         details = usage.get("prompt_tokens_details") or {}
                         record.cached_tokens = details.get("cached_tokens") or 0
                         record.output_tokens = usage["completion_tokens"]
+        except _RETRYABLE:
+            raise
         except (aiohttp.ClientError, ValueError, KeyError):
             record.outcome, record.finish_s = "rejected", self.sim_now()
             return None

@@ -84,15 +84,23 @@ async def stop_process(process: asyncio.subprocess.Process, grace_s: float = 5.0
 
 
 @contextlib.asynccontextmanager
-async def llmlb_service(config: dict[str, Any], workdir: Path) -> AsyncIterator[dict[str, int]]:
-    """``llmlb serve`` as a subprocess; yields its gRPC and proxy ports."""
-    path = workdir / "llmlb.yaml"
+async def llmlb_service(
+    config: dict[str, Any],
+    workdir: Path,
+    name: str = "serve",
+    processes: list[asyncio.subprocess.Process] | None = None,
+) -> AsyncIterator[dict[str, int]]:
+    """``llmlb serve`` as a subprocess; yields its gRPC and proxy ports (and appends the
+    process to ``processes``, for a benchmark that kills it)."""
+    path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "llmlb_fast.cli", "serve", "--config", str(path)]
-    with open(workdir / "serve.log", "wb") as log:
+    with open(workdir / f"{name}.log", "wb") as log:
         process = await asyncio.create_subprocess_exec(
             *command, "--log-level", "WARNING", stdout=asyncio.subprocess.PIPE, stderr=log
         )
+    if processes is not None:
+        processes.append(process)
     try:
         assert process.stdout is not None
         try:
@@ -100,7 +108,7 @@ async def llmlb_service(config: dict[str, Any], workdir: Path) -> AsyncIterator[
         except asyncio.TimeoutError:
             line = ""
         if "serving on port" not in line:
-            log_text = (workdir / "serve.log").read_text(errors="replace")[-2000:]
+            log_text = (workdir / f"{name}.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"llmlb serve did not start: {line.strip()}\n{log_text}")
         yield ports_of(line)
     finally:

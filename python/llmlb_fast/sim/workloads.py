@@ -417,7 +417,10 @@ def trace_tokens(record: TraceRecord, fresh: FreshTokens) -> list[int]:
 
 class TraceReplay(Workload):
     """Replays trace records at their timestamps (divided by ``speedup``), or with
-    ``concurrency`` closed-loop streams ignoring the timestamps."""
+    ``concurrency`` closed-loop streams ignoring the timestamps. ``arrival_spread_s``
+    moves each timestamp forward by a seeded uniform offset in [0, spread): a trace
+    whose timestamps were rounded to whole seconds (the Mooncake trace: ~10 requests
+    share each instant) then arrives as it did, not in simultaneous bursts."""
 
     def __init__(
         self,
@@ -427,9 +430,15 @@ class TraceReplay(Workload):
         speedup: float = 1.0,
         concurrency: int | None = None,
         limit: int | None = None,
+        arrival_spread_s: float = 0.0,
+        seed: int = 0,
     ) -> None:
         if speedup <= 0:
             raise ValueError("speedup must be > 0")
+        if arrival_spread_s < 0:
+            raise ValueError("arrival_spread_s must be >= 0")
+        self.arrival_spread_s = arrival_spread_s
+        self.seed = seed
         if concurrency is not None and concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.records = list(records[:limit] if limit else records)
@@ -445,11 +454,18 @@ class TraceReplay(Workload):
             "requests": len(self.records),
             "speedup": self.speedup,
             "concurrency": self.concurrency,
+            **({"arrival_spread_s": self.arrival_spread_s} if self.arrival_spread_s else {}),
         }
 
     def start(self) -> list[WorkItem]:
         if self.concurrency is None:
-            return [self._item(i, r, r.timestamp_s / self.speedup) for i, r in self._pending]
+            spread, speedup = random.Random(self.seed ^ 0x5B8EAD), self.speedup
+            return [
+                self._item(
+                    i, r, (r.timestamp_s + spread.random() * self.arrival_spread_s) / speedup
+                )
+                for i, r in self._pending
+            ]
         items = []
         for stream in range(self.concurrency):
             nxt = next(self._pending, None)

@@ -31,6 +31,7 @@ fn remote<'a>(decision: &'a RouteDecision, replica: &'a str) -> RemoteRoute<'a> 
         text_blocks: decision.text_blocks,
         prompt_tokens: decision.prompt_tokens,
         prefill_tokens: decision.prefill_tokens,
+        matched_tokens: Some(decision.matched_tokens),
         routed_at_s: None,
     }
 }

@@ -290,6 +290,7 @@ impl Router {
         prompt_tokens,
         prefill_tokens,
         text_blocks = false,
+        matched_tokens = None,
         routed_at = None,
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -303,6 +304,7 @@ impl Router {
         prompt_tokens: u32,
         prefill_tokens: u64,
         text_blocks: bool,
+        matched_tokens: Option<u32>,
         routed_at: Option<f64>,
     ) -> PyResult<bool> {
         let route = core::RemoteRoute {
@@ -313,6 +315,7 @@ impl Router {
             text_blocks,
             prompt_tokens,
             prefill_tokens,
+            matched_tokens,
             routed_at_s: routed_at,
         };
         py.detach(|| self.inner.apply_remote_route(&route)).py_err()

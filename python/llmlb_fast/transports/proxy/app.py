@@ -138,7 +138,10 @@ class ProxyServer:
         return web.json_response({"object": "list", "data": models})
 
     async def _health(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "in_flight": self.service.in_flight_total})
+        in_flight = self.service.in_flight_total
+        if not self.service.ready:  # a replica warming up from its peers
+            return web.json_response({"status": "warming_up", "in_flight": in_flight}, status=503)
+        return web.json_response({"status": "ok", "in_flight": in_flight})
 
     async def _not_found(self, request: web.Request) -> web.Response:
         return proxy_error_response(

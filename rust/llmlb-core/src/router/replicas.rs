@@ -25,6 +25,11 @@ pub struct RemoteRoute<'a> {
     pub text_blocks: bool,
     pub prompt_tokens: u32,
     pub prefill_tokens: u64,
+    /// The index's predicted cached tokens on the node (the decision's
+    /// `matched_tokens`): counted with the prompt in the totals the node's engine hit
+    /// counters are compared with (its cache trust sees every replica's prompts, as
+    /// the engine does). None for a decision applied again (a snapshot).
+    pub matched_tokens: Option<u32>,
     /// When the replica routed it (seconds on this router's clock; None: now).
     pub routed_at_s: Option<f64>,
 }
@@ -57,6 +62,12 @@ impl Router {
             node.live.release();
             node.live.release_prefill(route.prefill_tokens, now);
             return Ok(false);
+        }
+        if let Some(matched) = route.matched_tokens {
+            node.live.count_prompt(
+                route.prompt_tokens as u64,
+                matched.min(route.prompt_tokens) as u64,
+            );
         }
         if !route.hashes.is_empty() {
             let held = self.index.peek(route.hashes, now).depth_of(node.slot);
