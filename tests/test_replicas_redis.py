@@ -195,6 +195,11 @@ def test_a_joining_replica_is_not_serving_until_warm(redis_server: RedisServer) 
         async with replicas(redis_server, "old") as (old,):
             for i in range(3):
                 await old.stub.Route(pb.RouteRequest(text=f"{PROMPT} {i}"))
+            # Routed and ended before anyone joined: only the stream's history has it.
+            ended = await old.stub.Route(pb.RouteRequest(text="Long ago. " * 40))
+            await old.stub.Complete(
+                pb.CompleteRequest(request_id=ended.request_id, outcome=pb.OUTCOME_OK)
+            )
             # A member that is listed but never answers holds the joiner back until the
             # warm-up timeout; then it serves on what it knows.
             redis_server.client().zadd(
@@ -213,6 +218,8 @@ def test_a_joining_replica_is_not_serving_until_warm(redis_server: RedisServer) 
                     assert (await response.json())["status"] == "warming_up"
                 await eventually(lambda: new.server.service.router.remote_in_flight_total == 3)
                 assert await health(new) == health_pb2.HealthCheckResponse.NOT_SERVING
+                credit = new.server.service.router.prefix_credit("Long ago. " * 40)
+                assert credit[ended.node_id].blocks > 0  # replayed from the stream
                 await eventually(lambda: new.server.service.ready, timeout_s=5)
                 assert time.monotonic() - started >= 1.0
                 await asyncio.sleep(0.1)

@@ -154,6 +154,37 @@ def test_sim_cluster_registers_reports_serves_and_deregisters(tmp_path: Path) ->
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
+def test_sim_cluster_registers_with_and_reports_to_every_router(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        (tmp_path / "one").mkdir()
+        (tmp_path / "two").mkdir()
+        async with (
+            serving(tmp_path / "one") as (first, _),
+            serving(tmp_path / "two") as (second, _),
+        ):
+            cluster = await spawn(
+                "sim-cluster", "--cluster", "h100x4:2", "--dilation", "20",
+                "--router", first, "--router", second,
+            )  # fmt: skip
+            async with stopped_at_exit(cluster):
+                printed = [await line_of(cluster.stdout) for _ in range(3)]
+                assert printed[2].startswith(f"registered with {first}, {second}")
+
+                async def reported_to_both() -> bool:
+                    for target in (first, second):
+                        nodes = await list_nodes(target)
+                        if len(nodes) != 2 or not all(n.metrics_fresh for n in nodes.values()):
+                            return False
+                    return True
+
+                await wait_for(reported_to_both)
+                cluster.send_signal(signal.SIGINT)
+                assert await asyncio.wait_for(cluster.wait(), 10) == 0
+                assert await list_nodes(first) == {} == await list_nodes(second)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

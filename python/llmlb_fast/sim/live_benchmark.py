@@ -641,8 +641,9 @@ def replica_lines(runs: Sequence[LiveRun]) -> list[str]:
             lines.append(
                 f"{label}: replica killed at {k['at_s']:g} s; KV hit {k['kv_hit_before']:.1%} in "
                 f"the {k['window_s']:g} s before, {k['kv_hit_after']:.1%} after "
-                f"(x{k['kv_hit_after_over_before']:.2f}); failed requests "
-                f"{k['failed_before']:g} before, {k['failed_after']:g} after"
+                f"(x{k['kv_hit_after_over_before']:.2f}); failed requests: "
+                f"{k['failed_before']:g} that arrived before (streams the killed replica was "
+                f"proxying), {k['failed_after']:g} after"
             )
         if run.redis is not None:
             r = run.redis

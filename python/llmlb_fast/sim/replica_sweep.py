@@ -202,6 +202,9 @@ def plot_replicas(sweeps: list[ReplicaSweep], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
 
     fig, axes = plt.subplots(len(sweeps), 2, figsize=(11, 3.6 * len(sweeps)), squeeze=False)
     for row, sweep in enumerate(sweeps):
@@ -211,11 +214,20 @@ def plot_replicas(sweeps: list[ReplicaSweep], path: Path) -> Path:
             dashed = "--" if label.endswith("none") else "-"
             p95_ax.plot(ks, [p / 1e3 for _, p, _ in line], dashed, marker="o", label=label)
             hit_ax.plot(ks, [h * 100 for _, _, h in line], dashed, marker="o", label=label)
+        counts = sorted({k for line in sweep.series().values() for k, _, _ in line})
         for ax in (p95_ax, hit_ax):
             ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_locator(FixedLocator(counts))
+            ax.xaxis.set_major_formatter(plain)
+            ax.xaxis.set_minor_locator(NullLocator())
             ax.set_xlabel("router replicas K")
             ax.grid(True, alpha=0.3)
-        p95_ax.set_ylabel("TTFT p95 (s)")
+        p95_ax.set_yscale("log")
+        p95_ax.yaxis.set_major_formatter(plain)
+        p95s = [p for line in sweep.series().values() for _, p, _ in line if p > 0]
+        if p95s and max(p95s) < 10 * min(p95s):  # within a decade: label the minor ticks
+            p95_ax.yaxis.set_minor_formatter(plain)
+        p95_ax.set_ylabel("TTFT p95 (s, log scale)")
         hit_ax.set_ylabel("KV-cache hit rate (%)")
         p95_ax.set_title(f"{sweep.workload}: TTFT p95 ({sweep.policy})")
         hit_ax.set_title(f"{sweep.workload}: KV-cache hit rate ({sweep.policy})")
