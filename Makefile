@@ -11,8 +11,8 @@ dev:  ## install the package in editable mode with test and lint tools
 
 test: dev test-rust test-python  ## build, then run every test (Rust and Python)
 
-test-rust:  ## cargo tests of the routing core and the simulator's block table
-	cargo test -p llmlb-core -p llmlb-sim
+test-rust:  ## cargo tests of the routing core, the HTTP proxy and the simulator's block table
+	cargo test -p llmlb-core -p llmlb-proxy -p llmlb-sim
 
 test-python:  ## pytest suite (benchmarks excluded)
 	$(PY) -m pytest

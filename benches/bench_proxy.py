@@ -1,12 +1,15 @@
 """Proxy overhead on loopback: llmlb's HTTP proxy vs sglang-router and vllm-router.
 
-Four identical aiohttp backends (one process each) answer a fixed non-streaming
-completion. wrk drives each router with the same request stream (a shared system prompt
-and a per-request suffix): ``-c1`` for added latency over calling a backend directly,
-``-c8`` and ``-c64`` for requests/s. Results go to benches/results/bench_proxy.json.
+Four identical aiohttp backends (one process each) answer a fixed completion, or stream
+50 SSE chunks. wrk drives each router with the same request stream, per workload:
+``short`` (a completions prompt: a shared system prompt and a per-request suffix),
+``chat`` (2-8 KB chat prompts sharing a system prompt), ``sse`` (50 chunks back to back)
+and ``sse-2ms`` (50 chunks 2 ms apart). ``-c1`` gives the added latency over calling a
+backend directly, ``-c8`` and ``-c64`` requests/s; the router's CPU per request (and per
+chunk) comes from /proc. Results go to benches/results/bench_proxy.json.
 
     python benches/bench_proxy.py [--duration 5] [--rounds 3]
-        [--routers llmlb,llmlb-bare,sglang,vllm]
+        [--workloads short,chat,sse,sse-2ms] [--routers llmlb,llmlb-bare,sglang,vllm]
         [--sglang-bin PATH] [--vllm-bin PATH]
 
 sglang-router / vllm-router are looked up on PATH (or given as paths); a router that is
@@ -48,18 +51,67 @@ COMPLETION = json.dumps(
     }
 ).encode()
 
-WRK_SCRIPT = """
+SSE_CHUNKS = 50
+WRK_PREAMBLE = """
 counter = 0
-local system = string.rep("You are a helpful assistant. ", 8)
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+"""
+# Each workload: the wrk request function, and the connection counts it runs at.
+WORKLOADS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "short": (
+        """
+local system = string.rep("You are a helpful assistant. ", 8)
 request = function()
   counter = counter + 1
   local body = '{"model":"MODEL","max_tokens":16,"prompt":"' .. system ..
     'User question number ' .. counter .. '"}'
   return wrk.format(nil, "/v1/completions", nil, body)
 end
-""".replace("MODEL", MODEL)
+""",
+        (1, 8, 64),
+    ),
+    "chat": (
+        """
+local system = string.rep("You are a helpful assistant for ACME. ", 55)
+local filler = string.rep("Some earlier context of this conversation. ", 140)
+request = function()
+  counter = counter + 1
+  local extra = string.sub(filler, 1, (counter * 997) % 6000)
+  local body = '{"model":"MODEL","max_tokens":16,"messages":[{"role":"system","content":"' ..
+    system .. '"},{"role":"user","content":"' .. extra .. ' Question ' .. counter .. '"}]}'
+  return wrk.format(nil, "/v1/chat/completions", nil, body)
+end
+""",
+        (1, 8, 64),
+    ),
+    "sse": (
+        """
+request = function()
+  counter = counter + 1
+  local body = '{"model":"MODEL","max_tokens":50,"stream":true,"user":"delay-0",' ..
+    '"prompt":"Tell me story number ' .. counter .. '"}'
+  return wrk.format(nil, "/v1/completions", nil, body)
+end
+""",
+        (8, 64),
+    ),
+    "sse-2ms": (
+        """
+request = function()
+  counter = counter + 1
+  local body = '{"model":"MODEL","max_tokens":50,"stream":true,"user":"delay-2",' ..
+    '"prompt":"Tell me story number ' .. counter .. '"}'
+  return wrk.format(nil, "/v1/completions", nil, body)
+end
+""",
+        (64,),
+    ),
+}
+
+
+def wrk_script(workload: str) -> str:
+    return (WRK_PREAMBLE + WORKLOADS[workload][0]).replace("MODEL", MODEL)
 
 
 # --- processes started by this script -------------------------------------------------
@@ -68,9 +120,25 @@ end
 def serve_backend(port: int) -> None:
     from aiohttp import web
 
-    async def complete(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=COMPLETION, content_type="application/json")
+    chunk = (
+        b'data: {"id":"cmpl-1","object":"text_completion","choices":[{"index":0,"text":"tok"}]}\n\n'
+    )
+
+    async def complete(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body.get("stream") is not True:
+            return web.Response(body=COMPLETION, content_type="application/json")
+        # "user": "delay-N" asks for N ms between chunks (a field every router passes on).
+        delay_s = int(str(body.get("user", "delay-0")).removeprefix("delay-")) / 1000
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(SSE_CHUNKS):
+            await response.write(chunk)
+            if delay_s:
+                await asyncio.sleep(delay_s)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def models(_request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
@@ -192,11 +260,11 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 def measure(
-    url: str, duration_s: int, script: Path, pid: int | None
+    url: str, duration_s: int, script: Path, pid: int | None, levels: tuple[int, ...]
 ) -> dict[str, dict[str, float]]:
     run_wrk(url, 8, 1, script)  # warm up pools and caches
     results = {}
-    for connections in (1, 8, 64):
+    for connections in levels:
         cpu_before = tree_cpu_seconds(pid) if pid else 0.0
         result = run_wrk(url, connections, duration_s, script)
         if pid:
@@ -205,6 +273,9 @@ def measure(
             requests = result["requests_per_s"] * duration_s
             spent = tree_cpu_seconds(pid) - cpu_before
             result["router_cpu_us_per_request"] = round(1e6 * spent / max(requests, 1), 1)
+            if "sse" in script.stem:
+                chunks = requests * SSE_CHUNKS
+                result["router_cpu_us_per_chunk"] = round(1e6 * spent / max(chunks, 1), 2)
         results[f"c{connections}"] = result
     return results
 
@@ -283,11 +354,14 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median kept)")
     parser.add_argument("--routers", default="llmlb,llmlb-bare,sglang,vllm")
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help=f"any of {', '.join(WORKLOADS)}"
+    )
     parser.add_argument("--sglang-bin", default="sglang-router")
     parser.add_argument("--vllm-bin", default="vllm-router")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_proxy.json")
     parser.add_argument(
-        "--profile", action="store_true", help="also sample the llmlb proxy with py-spy"
+        "--profile", action="store_true", help="also profile llmlb serve with perf (-c8, short)"
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -295,8 +369,11 @@ def main() -> int:
         return 2
 
     logs = Path(tempfile.mkdtemp(prefix="bench_proxy_"))
-    script = logs / "post.lua"
-    script.write_text(WRK_SCRIPT)
+    workloads = args.workloads.split(",")
+    scripts = {}
+    for workload in workloads:
+        scripts[workload] = logs / f"{workload}.lua"
+        scripts[workload].write_text(wrk_script(workload))
     ports = [free_port() for _ in range(N_BACKENDS)]
     backends = [f"http://127.0.0.1:{p}" for p in ports]
     report: dict[str, object] = {
@@ -307,14 +384,16 @@ def main() -> int:
             "platform": platform.platform(),
             "load_average_before": os.getloadavg(),
         },
-        "backends": f"{N_BACKENDS} aiohttp processes, fixed non-streaming completion",
+        "backends": f"{N_BACKENDS} aiohttp processes: a fixed completion, or {SSE_CHUNKS} "
+        "SSE chunks",
         "load": "wrk, -c1 (1 thread), -c8 and -c64 (2 threads), "
         f"{args.duration} s each after a 1 s warm-up; {args.rounds} interleaved rounds, "
         "median per metric",
+        "workloads": {w: {"levels": WORKLOADS[w][1]} for w in workloads},
     }
     errors: dict[str, str] = {}
     pids: dict[str, int] = {}
-    rounds: dict[str, list[dict[str, dict[str, float]]]] = {}
+    rounds: dict[str, dict[str, list[dict[str, dict[str, float]]]]] = {}
     with contextlib.ExitStack() as stack:
         for i, port in enumerate(ports):
             cmd = [sys.executable, __file__, "_backend", str(port)]
@@ -337,17 +416,24 @@ def main() -> int:
             targets[name] = f"http://127.0.0.1:{port}"
             pids[name] = proc.pid
         for round_no in range(args.rounds):
-            for name, url in targets.items():
-                print(f"round {round_no + 1}: {name}", flush=True)
-                result = measure(url, args.duration, script, pids.get(name))
-                rounds.setdefault(name, []).append(result)
+            for workload in workloads:
+                levels = WORKLOADS[workload][1]
+                for name, url in targets.items():
+                    print(f"round {round_no + 1}/{args.rounds}: {workload} {name}", flush=True)
+                    script = scripts[workload]
+                    result = measure(url, args.duration, script, pids.get(name), levels)
+                    rounds.setdefault(workload, {}).setdefault(name, []).append(result)
         if args.profile and "llmlb" in targets:
             print("profiling llmlb at 8 connections ...", flush=True)
-            report["profile"] = profile(pids["llmlb"], targets["llmlb"], args, script)
+            report["profile"] = profile(pids["llmlb"], targets["llmlb"], args, scripts["short"])
     report["machine"]["load_average_after"] = os.getloadavg()  # type: ignore[index]
-    results: dict[str, object] = {name: median_of(runs) for name, runs in rounds.items()}
-    add_overheads(results)
-    results.update({name: {"error": reason} for name, reason in errors.items()})
+    results: dict[str, object] = {}
+    for workload, by_router in rounds.items():
+        medians: dict[str, object] = {name: median_of(runs) for name, runs in by_router.items()}
+        if 1 in WORKLOADS[workload][1]:
+            add_overheads(medians)
+        medians.update({name: {"error": reason} for name, reason in errors.items()})
+        results[workload] = medians
     report["results"] = results
     report["rounds"] = rounds
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -357,88 +443,44 @@ def main() -> int:
     return 0
 
 
-# Where a sampled frame's self time goes, by the file it is in (first match wins).
-PROFILE_BUCKETS = [
-    ("socket send (kernel, loopback)", ("http_writer.py",)),
-    ("llmlb proxy code", ("llmlb_fast/proxy",)),
-    (
-        "aiohttp server",
-        (
-            "web_protocol.py",
-            "web_response.py",
-            "web_request.py",
-            "web_app.py",
-            "web_urldispatcher.py",
-            "web_runner.py",
-            "http_parser.py",
-        ),
-    ),
-    (
-        "aiohttp client",
-        (
-            "client.py",
-            "client_reqrep.py",
-            "client_proto.py",
-            "connector.py",
-            "streams.py",
-            "payload.py",
-            "helpers.py",
-            "multidict",
-            "yarl",
-        ),
-    ),
-    # py-spy drops idle samples, so this is busy native time under the loop: uvloop's C
-    # transports, recv()/epoll syscalls and callback dispatch.
-    ("event loop (native: recv, epoll, uvloop)", ("asyncio/", "uvloop", "runners.py")),
-]
-
-
 def profile(pid: int, url: str, args: argparse.Namespace, script: Path) -> dict[str, object]:
-    """py-spy samples of the proxy process under the -c8 load: self time by bucket."""
-    if shutil.which("py-spy") is None:
-        return {"error": "py-spy not installed (pip install py-spy)"}
-    raw = Path(tempfile.mkdtemp()) / "profile.txt"
+    """``perf record -e cpu-clock`` of the proxy process (every thread: the Rust proxy's
+    tokio workers, the Python service) under the -c8 load; self time by binary and by
+    symbol. (py-spy sees only threads that run Python, not the proxy's.)"""
+    if shutil.which("perf") is None:
+        return {"error": "perf not installed (apt-get install -y linux-perf)"}
     seconds = max(args.duration, 5)
-    spy = subprocess.Popen(
-        [
-            "py-spy",
-            "record",
-            "-p",
-            str(pid),
-            "-d",
-            str(seconds),
-            "-r",
-            "250",
-            "--nonblocking",
-            "--format",
-            "raw",
-            "-o",
-            str(raw),
-        ],
+    data = Path(tempfile.mkdtemp()) / "perf.data"
+    record = subprocess.Popen(
+        ["perf", "record", "-e", "cpu-clock", "-F", "1999", "-p", str(pid), "-o", str(data)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    run_wrk(url, 8, seconds, script)
-    if spy.wait(timeout=seconds + 30) != 0 or not raw.exists():
-        return {"error": "py-spy failed (needs ptrace permission)"}
-    buckets: dict[str, int] = {}
-    frames: dict[str, int] = {}
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        leaf = stack.rsplit(";", 1)[-1]
-        n = int(count)
-        total += n
-        frames[leaf] = frames.get(leaf, 0) + n
-        bucket = next((b for b, keys in PROFILE_BUCKETS if any(k in leaf for k in keys)), "other")
-        buckets[bucket] = buckets.get(bucket, 0) + n
-    share = {b: round(100 * n / total, 1) for b, n in sorted(buckets.items(), key=lambda x: -x[1])}
-    top = sorted(frames.items(), key=lambda x: -x[1])[:15]
+    requests = run_wrk(url, 8, seconds, script)["requests_per_s"] * seconds
+    record.send_signal(2)  # SIGINT: perf writes its file and exits
+    record.wait(timeout=30)  # its exit status after SIGINT varies
+    if not data.exists() or data.stat().st_size == 0:
+        return {"error": "perf record failed (needs perf_event_open permission)"}
     return {
-        "samples": total,
-        "self_time_percent": share,
-        "top_frames_percent": {f: round(100 * n / total, 1) for f, n in top},
+        "requests": requests,
+        "self_time_percent_by_binary": perf_report(data, "dso", 8),
+        "self_time_percent_by_symbol": perf_report(data, "sym", 25),
     }
+
+
+def perf_report(data: Path, sort: str, top: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["perf", "report", "-i", str(data), "--sort", sort, "--stdio"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    shares: dict[str, float] = {}
+    for line in out.splitlines():
+        match = re.match(r"\s+([\d.]+)%\s+(.*\S)", line)
+        if match and len(shares) < top:
+            shares[match.group(2)] = float(match.group(1))
+    return shares
 
 
 def median_of(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:

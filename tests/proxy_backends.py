@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import Sequence
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 MODEL = "test-model"
 
@@ -59,6 +61,7 @@ class Backend:
         stall_after_first: bool = False,
         break_after_first: bool = False,
         chunk_gate: asyncio.Event | None = None,
+        chunk_delay_s: float = 0.0,
     ) -> None:
         self.name = name
         self.chunks = list(chunks) if chunks is not None else sse_chunks(3)
@@ -69,8 +72,12 @@ class Backend:
         self.stall_after_first = stall_after_first
         self.break_after_first = break_after_first
         self.chunk_gate = chunk_gate
+        self.chunk_delay_s = chunk_delay_s
+        # perf_counter() right after each streamed chunk was written.
+        self.sent_at: list[float] = []
         self.received: list[dict[str, object]] = []
-        self.headers: list[dict[str, str]] = []
+        # Case-insensitive, as HTTP header names are (the proxy sends them lower-case).
+        self.headers: list[CIMultiDict[str]] = []
         self.models_calls = 0
         self.cancelled = 0
         self.arrived = asyncio.Event()
@@ -101,7 +108,7 @@ class Backend:
     async def _complete(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.received.append(body)
-        self.headers.append(dict(request.headers))
+        self.headers.append(CIMultiDict(request.headers))
         self.arrived.set()
         try:
             if self.fail_left > 0:
@@ -120,7 +127,10 @@ class Backend:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for i, chunk in enumerate(self.chunks):
+            if i and self.chunk_delay_s:
+                await asyncio.sleep(self.chunk_delay_s)
             await response.write(chunk)
+            self.sent_at.append(time.perf_counter())
             if i == 0 and self.break_after_first:
                 assert request.transport is not None
                 request.transport.close()

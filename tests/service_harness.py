@@ -4,7 +4,6 @@ the ext_proc picker without the whole server."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from llmlb_fast import Completion, Node, Router, RouterConfig
 from llmlb_fast.config import ServiceConfig
@@ -18,11 +17,10 @@ class RecordingService(RoutingService):
         super().__init__(config or ServiceConfig(), router)
         self.completions: list[Completion] = []
 
-    def complete(self, request_id: str, outcome: str, **details: Any) -> Completion | None:
-        completion = super().complete(request_id, outcome, **details)
-        if completion is not None:
-            self.completions.append(completion)
-        return completion
+    def completed(self, completion: Completion, ttft_s: float | None = None) -> None:
+        # Every transport's completions pass here (the Rust proxy's in batches).
+        super().completed(completion, ttft_s)
+        self.completions.append(completion)
 
     @property
     def timed_out_nodes(self) -> list[str]:

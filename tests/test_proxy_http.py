@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
 from llmlb_fast import Completion, Node, Router, RouterConfig
+from llmlb_fast._core import RoutingKey
 from llmlb_fast.transports.proxy import ProxyServer, ProxySettings
-from llmlb_fast.transports.proxy.routing_key import render_messages, routing_key
+from llmlb_fast.transports.proxy.routing_key import routing_key
 from proxy_backends import MODEL, Backend, completion_json, sse_chunks
 from service_harness import RecordingService
+
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 
 
 @dataclass
@@ -153,6 +157,16 @@ def test_chat_completions_are_forwarded_to_the_chat_endpoint() -> None:
     run(scenario)
 
 
+def render_messages(messages: list[dict[str, str]]) -> str:
+    key = routing_key(CHAT, json.dumps({"model": "m", "messages": messages}).encode())
+    assert key.prompt is not None
+    return key.prompt
+
+
+def key_of(path: str, body: dict[str, object]) -> RoutingKey:
+    return routing_key(path, json.dumps(body).encode())
+
+
 def test_chat_rendering_keeps_shared_history_as_a_prefix() -> None:
     system = {"role": "system", "content": "S" * 500}
     turn1 = [system, {"role": "user", "content": "first question"}]
@@ -164,8 +178,8 @@ def test_chat_rendering_keeps_shared_history_as_a_prefix() -> None:
 
     # Through the real router: the second turn matches the first turn's blocks.
     router = Router(RouterConfig(policy="prefix_aware"), [Node("a"), Node("b")])
-    first = routing_key("/v1/chat/completions", {"model": "m", "messages": turn1})
-    second = routing_key("/v1/chat/completions", {"model": "m", "messages": turn2})
+    first = key_of(CHAT, {"model": "m", "messages": turn1})
+    second = key_of(CHAT, {"model": "m", "messages": turn2})
     d1 = router.route(first.prompt)
     d2 = router.route(second.prompt)
     assert d2.node_id == d1.node_id
@@ -261,12 +275,12 @@ def test_backend_4xx_is_passed_through_without_retry() -> None:
 
 
 def test_routing_key_of_token_id_prompts() -> None:
-    key = routing_key("/v1/completions", {"model": "m", "prompt": [1, 2, 3], "max_tokens": 9})
+    key = key_of(COMPLETIONS, {"model": "m", "prompt": [1, 2, 3], "max_tokens": 9})
     assert key.token_ids == [1, 2, 3] and key.prompt is None
     assert key.expected_output_tokens == 9
-    batch = routing_key("/v1/completions", {"model": "m", "prompt": [[4, 5], [6]]})
+    batch = key_of(COMPLETIONS, {"model": "m", "prompt": [[4, 5], [6]]})
     assert batch.token_ids == [4, 5]
-    strings = routing_key("/v1/completions", {"model": "m", "prompt": ["ab", "cd"]})
+    strings = key_of(COMPLETIONS, {"model": "m", "prompt": ["ab", "cd"]})
     assert strings.prompt == "ab"
 
 
@@ -304,6 +318,7 @@ def test_refusals_are_counted_and_draining_answers_503() -> None:
             service.drain()
             await expect_error(h, 503, "no_backend_available", json_body=stream_body())
             assert backend.received == []
+            h.proxy.flush()  # refusals reach the service in batches
             assert service.route_errors("proxy", "unknown_model") == 1
             assert service.route_errors("proxy", "no_available_node") == 1
             assert service.route_errors("proxy", "draining") == 1

@@ -72,6 +72,7 @@ class Cluster:
             return resp.status, await resp.read(), resp.headers.get("x-llmlb-node")
 
     def outcomes(self, node_id: str) -> list[str]:
+        self.proxy.flush()  # completions reach the service in batches
         return [c.outcome for c in self.completions if c.node_id == node_id]
 
 
@@ -144,6 +145,7 @@ def test_all_attempts_failing_gives_502_and_releases_every_slot() -> None:
                 error = (await resp.json())["error"]
             assert error["code"] == "upstream_failed"
             assert "3 attempts" in error["message"]
+            c.proxy.flush()
             assert [x.outcome for x in c.completions] == ["error"] * 3
 
     run(scenario)
@@ -160,6 +162,7 @@ def test_timeout_answers_504_and_is_reported() -> None:
                 assert resp.status == 504
                 assert (await resp.json())["error"]["code"] == "upstream_timeout"
             assert time.monotonic() - started < 2.0
+            c.proxy.flush()
             assert c.service.timed_out_nodes == ["slow"]
             assert c.outcomes("slow") == ["timeout"]
             never.set()
@@ -252,17 +255,3 @@ def test_backend_dying_mid_stream_truncates_the_client_stream() -> None:
             assert c.outcomes("a") == ["error"]
 
     run(scenario)
-
-
-def test_backoff_is_jittered_and_capped() -> None:
-    import random
-
-    from llmlb_fast.transports.proxy.upstream import backoff_delay
-
-    settings = ProxySettings(backoff_base_s=0.01, backoff_cap_s=0.05)
-    rng = random.Random(7)
-    for retry, ceiling in [(0, 0.01), (1, 0.02), (2, 0.04), (3, 0.05), (10, 0.05)]:
-        delays = [backoff_delay(retry, settings, rng) for _ in range(200)]
-        assert all(0.0 <= d <= ceiling for d in delays)
-        assert max(delays) > ceiling * 0.8  # spread over the range, not a constant
-        assert len(set(delays)) > 150

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -83,6 +84,17 @@ class Served:
             for sample in family.samples:
                 samples.setdefault(sample.name, []).append((sample.labels, sample.value))
         return samples
+
+    async def settled_metric(self, expected: float, name: str, **labels: str) -> float:
+        """The sample once it reaches ``expected`` (the proxy's records reach the
+        service's metrics in batches, a few ms after the response), or after 2 s."""
+        value = 0.0
+        for _ in range(100):
+            value = sample(await self.metrics(), name, **labels)
+            if value == expected:
+                break
+            await asyncio.sleep(0.02)
+        return value
 
 
 def ports_of(line: str) -> dict[str, int]:
@@ -257,7 +269,7 @@ def test_models_unknown_model_and_configured_models(tmp_path: Path) -> None:
                 for model in ("gpt-9", "listed-only"):
                     status, data, _ = await s.send({**CHAT, "model": model})
                     assert status == 404, data
-                    assert b'"code": "model_not_found"' in data
+                    assert json.loads(data)["error"]["code"] == "model_not_found"
                 # The model only node a serves goes to a.
                 for _ in range(2):
                     payload = {**CHAT, "model": "configured-only"}
@@ -315,8 +327,11 @@ def test_hot_reload_reaches_proxy_traffic(tmp_path: Path) -> None:
                 answers = [await s.send(CHAT) for _ in range(3)]
                 assert [(status, node) for status, _, node in answers] == [(200, "a")] * 3
                 assert len(backends[1].received) == 2
+                decisions = await s.settled_metric(
+                    3, "llmlb_route_decisions_total", policy="least_request"
+                )
+                assert decisions == 3
                 scraped = await s.metrics()
-                assert sample(scraped, "llmlb_route_decisions_total", policy="least_request") == 3
                 assert sample(scraped, "llmlb_config_reloads_total", result="ok") == 1
         finally:
             await stopped(backends)

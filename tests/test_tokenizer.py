@@ -119,6 +119,7 @@ async def _proxy_routes_by_engine_tokens(tokenizer_json: Path) -> None:
             async with client.post(url, json=body) as response:
                 assert response.status == 200
                 await response.read()
+        proxy.flush()  # the proxy's records reach the service in batches
         first, second = service.completions[0], service.completions[1]
         assert first.node_id == second.node_id  # the shared system prompt's blocks
         tok = ModelTokenizer.from_files(tokenizer_json, CHAT_TEMPLATE, bos_token="<s>")

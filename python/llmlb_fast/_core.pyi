@@ -10,19 +10,25 @@ __all__ = [
     "METRIC_FIELDS",
     "POLICIES",
     "BlockCache",
+    "CanarySplit",
     "CandidateScore",
     "Completion",
+    "HttpProxy",
     "KvEventsOutcome",
     "Node",
     "NodeStatus",
     "PrefixCredit",
+    "ResponseMeter",
     "RouteDecision",
     "Router",
     "RouterConfig",
+    "RoutingKey",
     "__version__",
+    "canary_bucket",
     "chain_seed",
     "hash_token_blocks",
     "memory_usage",
+    "routing_key",
 ]
 
 HASH_SEED: Final[int]
@@ -486,3 +492,97 @@ class BlockCache:
         """With ``record_events``: what entered and left the cache since the last call,
         in order, as ``("stored", keys, parent)`` and ``("removed", keys, None)`` (vLLM's
         ``BlockStored`` / ``BlockRemoved``)."""
+
+@final
+class CanarySplit:
+    """Which requests a canary policy routes (the core's rule, for every transport)."""
+
+    def __new__(cls, policy: str, percent: float) -> CanarySplit: ...
+    @property
+    def policy(self) -> str: ...
+    @property
+    def percent(self) -> float: ...
+    def choose(self, key: str, draw: int) -> str | None: ...
+
+def canary_bucket(key: str) -> int: ...
+
+@final
+class RoutingKey:
+    @property
+    def model(self) -> str: ...
+    @property
+    def prompt(self) -> str | None: ...
+    @property
+    def token_ids(self) -> list[int] | None: ...
+    @property
+    def expected_output_tokens(self) -> int | None: ...
+    @property
+    def stream(self) -> bool: ...
+    @property
+    def messages_json(self) -> str | None: ...
+    @property
+    def tools_json(self) -> str | None: ...
+    def with_token_ids(self, token_ids: Sequence[int]) -> RoutingKey: ...
+
+def routing_key(path: str, body: bytes) -> RoutingKey:
+    """Raises ``llmlb_fast.errors.RequestError`` (a 400) for bad input."""
+
+@final
+class ResponseMeter:
+    def __new__(cls) -> ResponseMeter: ...
+    def feed_stream(self, chunk: bytes) -> None: ...
+    def finish_stream(self) -> None: ...
+    def feed_whole(self, body: bytes) -> None: ...
+    @property
+    def events(self) -> int: ...
+    @property
+    def prompt_tokens(self) -> int | None: ...
+    @property
+    def tokens_out(self) -> int: ...
+
+_ProxyEvent = tuple[object, ...]
+"""("routed", policy, reason, seconds, canary, RouteDecision | None), ("refused", kind),
+("first_token", request_id), ("completed", Completion, ttft_s | None),
+("tokenizer_fallback", model)."""
+
+@final
+class HttpProxy:
+    """The Rust HTTP proxy on a router's core (its own tokio runtime)."""
+
+    def __new__(
+        cls,
+        router: Router,
+        *,
+        max_body_bytes: int = 8388608,
+        request_timeout_s: float = 600.0,
+        connect_timeout_s: float = 2.0,
+        max_attempts: int = 3,
+        backoff_base_s: float = 0.005,
+        backoff_cap_s: float = 0.2,
+        pool_size: int = 1024,
+        keepalive_timeout_s: float = 60.0,
+        models_ttl_s: float = 5.0,
+        models_fetch_timeout_s: float = 2.0,
+        worker_threads: int = 0,
+        tokenizer: object | None = None,
+    ) -> HttpProxy: ...
+    def start(self, host: str, port: int) -> int: ...
+    def stop(self) -> None: ...
+    def set_control(
+        self,
+        *,
+        draining: bool,
+        warming_up: bool,
+        canary: CanarySplit | None = None,
+        tokenized_models: Sequence[str] = ...,
+        share_decisions: bool = False,
+    ) -> None: ...
+    def migrate(self, node_id: str, request_ids: Sequence[str] | None = None) -> list[str]: ...
+    def wait_events(self, timeout_s: float) -> bool: ...
+    def take_events(self) -> list[_ProxyEvent]: ...
+    @property
+    def port(self) -> int | None: ...
+    @property
+    def waiting_attempts(self) -> int: ...
+    @property
+    def dropped_events(self) -> int: ...

@@ -1,5 +1,9 @@
 """Exceptions raised by llmlb. Every one derives from :class:`LlmlbError`."""
 
+from __future__ import annotations
+
+import json
+
 
 class LlmlbError(Exception):
     """Base class of every llmlb error."""
@@ -34,3 +38,19 @@ class DuplicateRequestError(LlmlbError, ValueError):
 
 class TableFullError(LlmlbError):
     """The node table holds the maximum number of nodes."""
+
+
+class RequestError(LlmlbError):
+    """A request a transport answers itself: an HTTP status and an OpenAI-style error
+    (``{"error": {"message", "type", "code"}}``). Raised by ``_core.routing_key``."""
+
+    def __init__(self, status: int, message: str, error_type: str, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.code = code
+
+    def body(self) -> bytes:
+        error = {"message": self.message, "type": self.error_type, "code": self.code}
+        return json.dumps({"error": error}).encode()

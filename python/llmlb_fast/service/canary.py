@@ -1,35 +1,32 @@
 """Canary split (R8): a stable share of requests goes through another policy.
 
-A request's bucket comes from a hash of its session id (so a session stays on one
-side), else of its request id, else a random draw. The core does the routing: this
-only picks which policy name to pass to ``Router.route``.
+The rule (a session's bucket from a hash of its session id, else of its request id, else
+a random draw) lives in the core (``llmlb_core::canary``), so the gRPC service and the
+Rust HTTP proxy split alike; this only supplies the random draw.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
+
+from llmlb_fast._core import CanarySplit as CoreCanarySplit
+from llmlb_fast._core import canary_bucket
 
 BUCKETS = 10_000
 
 
 def bucket_of(key: str) -> int:
     """Stable across processes and versions (unlike ``hash()``)."""
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % BUCKETS
+    return canary_bucket(key)
 
 
 class CanarySplit:
     def __init__(self, policy: str, percent: float, rng: random.Random | None = None) -> None:
-        if not 0.0 <= percent <= 100.0:
-            raise ValueError(f"canary percent must be in [0, 100], got {percent}")
+        self.core = CoreCanarySplit(policy, percent)  # InvalidInputError is a ValueError
         self.policy = policy
         self.percent = percent
-        self._threshold = round(percent * BUCKETS / 100.0)
         self._rng = rng or random.Random()
 
     def choose(self, session_id: str = "", request_id: str = "") -> str | None:
         """The canary policy's name for a request in the canary share, else None."""
-        key = session_id or request_id
-        bucket = bucket_of(key) if key else self._rng.randrange(BUCKETS)
-        return self.policy if bucket < self._threshold else None
+        return self.core.choose(session_id or request_id, self._rng.getrandbits(64))

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from llmlb_fast import errors
@@ -112,6 +112,9 @@ class RoutingService:
         )
         # Set once when the server starts stopping; every transport refuses new work.
         self.draining = False
+        # Transports that keep their own copy of draining/canary/tokenizers (the Rust
+        # proxy): called after each change.
+        self._control_listeners: list[Callable[[], None]] = []
         self._sweeper: asyncio.Task[None] | None = None
 
     # --- requests -----------------------------------------------------------------
@@ -152,12 +155,31 @@ class RoutingService:
         except (LlmlbError, ValueError, TypeError, OverflowError) as error:
             self.telemetry.count_route_error(transport, route_error_kind(error))
             raise
-        self.telemetry.observe_route(
-            decision.policy, decision.reason, time.perf_counter() - started
+        self.record_routed(
+            decision.policy, decision.reason, time.perf_counter() - started, decision
         )
-        if self.replication is not None:
-            self.replication.sync.routed(decision)
         return Routed(decision, canary_policy is not None)
+
+    def record_routed(
+        self, policy: str, reason: str, seconds: float, decision: RouteDecision | None
+    ) -> None:
+        """A decision made (here, or by the Rust proxy on the shared core): metrics, and
+        the other replicas when there are any (``decision`` is needed then)."""
+        self.telemetry.observe_route(policy, reason, seconds)
+        if self.replication is not None and decision is not None:
+            self.replication.sync.routed(decision)
+
+    @property
+    def shares_decisions(self) -> bool:
+        """Whether decisions and first tokens must reach other replicas."""
+        return self.replication is not None
+
+    def add_control_listener(self, listener: Callable[[], None]) -> None:
+        self._control_listeners.append(listener)
+
+    def _control_changed(self) -> None:
+        for listener in self._control_listeners:
+            listener()
 
     def tokenizer(self, model: str) -> ModelTokenizer | None:
         """The engine's tokenizer for ``model`` (None: route its requests by text)."""
@@ -171,14 +193,22 @@ class RoutingService:
         """A request a transport refused before routing it (the proxy's model check)."""
         self.telemetry.count_route_error(transport, route_error_kind(error))
 
+    def count_route_refusal(self, transport: str, kind: str) -> None:
+        """A refusal a transport already classified (``kind``: the route-error label)."""
+        self.telemetry.count_route_error(transport, kind)
+
     def first_token(self, request_id: str) -> bool:
         """The request's first token arrived (its prompt is no longer queued prefill);
         False when it is not in flight."""
         if not self.router.first_token(request_id):
             return False
+        self.share_first_token(request_id)
+        return True
+
+    def share_first_token(self, request_id: str) -> None:
+        """Tells the other replicas that a request routed here got its first token."""
         if self.replication is not None:
             self.replication.sync.first_token(request_id)
-        return True
 
     def complete(
         self,
@@ -196,10 +226,15 @@ class RoutingService:
         )
         if completion is None:
             return None
+        self.completed(completion, ttft_s)
+        return completion
+
+    def completed(self, completion: Completion, ttft_s: float | None = None) -> None:
+        """A request released in the core (here, or by the Rust proxy): metrics,
+        breakers and other replicas see it once."""
         if ttft_s is not None:
             self.telemetry.observe_ttft(completion.policy, ttft_s)
         self._observe_completion(completion)
-        return completion
 
     @property
     def in_flight_total(self) -> int:
@@ -312,6 +347,7 @@ class RoutingService:
         self.alerter.timeout_s = new.alerts.timeout
         notes = ["applied", *self._restart_notes(new)]
         self.config = new
+        self._control_changed()
         self.bus.publish(
             Event(
                 kind=CONFIG_RELOADED, reason="; ".join(notes), in_flight_request_ids=tuple(orphaned)
@@ -358,6 +394,7 @@ class RoutingService:
     def drain(self) -> None:
         """From now on every transport refuses new requests; those in flight go on."""
         self.draining = True
+        self._control_changed()
 
     async def stop(self) -> None:
         if self._sweeper is not None:

@@ -30,15 +30,13 @@ from envoy.service.ext_proc.v3 import (
 from envoy.type.v3 import http_status_pb2  # type: ignore[import-untyped]
 from google.protobuf import struct_pb2
 
-from llmlb_fast._core import RouteDecision
+from llmlb_fast._core import ResponseMeter, RouteDecision
 from llmlb_fast.errors import LlmlbError
 from llmlb_fast.service.routing import EXT_PROC, RoutingService
 from llmlb_fast.transports.http_errors import ProxyError, body_too_large, route_error
-from llmlb_fast.transports.proxy.metering import ResponseMeter
 from llmlb_fast.transports.proxy.routing_key import (
     CHAT_PATH,
     RoutingKey,
-    parse_body,
     routing_key,
     tokenized,
 )
@@ -98,6 +96,7 @@ class Exchange:
         self._status = 0
         self._streaming = False
         self._meter = ResponseMeter()
+        self._first_byte_at: float | None = None
         self._kept = bytearray()
 
     def handle(self, message: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
@@ -150,8 +149,9 @@ class Exchange:
 
     def _routing_key(self) -> RoutingKey:
         path = self._headers.get(":path", "").split("?", 1)[0]
-        body = parse_body(bytes(self._body))
-        key = routing_key(CHAT_PATH if path.endswith("/chat/completions") else path, body)
+        key = routing_key(
+            CHAT_PATH if path.endswith("/chat/completions") else path, bytes(self._body)
+        )
         tokenizer = self._picker.service.tokenizer(key.model)
         if tokenizer is None:
             return key
@@ -210,8 +210,10 @@ class Exchange:
 
     def _response_body(self, body: pb.HttpBody) -> pb.ProcessingResponse:
         if self._streaming:
-            if self._meter.first_byte_at is None and self._decision is not None:
-                self._picker.service.first_token(self._decision.request_id)
+            if self._first_byte_at is None and body.body:
+                self._first_byte_at = time.perf_counter()
+                if self._decision is not None:
+                    self._picker.service.first_token(self._decision.request_id)
             self._meter.feed_stream(body.body)
         elif len(self._kept) + len(body.body) <= MAX_KEPT_RESPONSE:
             self._kept += body.body
@@ -230,8 +232,8 @@ class Exchange:
             self._meter.feed_whole(bytes(self._kept))
         outcome = outcome_of(self._status)
         ttft = None
-        if self._streaming and self._meter.first_byte_at is not None:
-            ttft = self._meter.first_byte_at - self._routed_at
+        if self._streaming and self._first_byte_at is not None:
+            ttft = self._first_byte_at - self._routed_at
         tokens_in = self._meter.prompt_tokens or decision.prompt_tokens
         self._picker.service.complete(
             decision.request_id,

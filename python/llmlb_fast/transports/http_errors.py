@@ -1,34 +1,20 @@
-"""OpenAI-style error responses (``{"error": {"message", "type", "code"}}``), and the one
-mapping from the routing service's errors to them, shared by the HTTP proxy and the
-ext_proc picker."""
+"""OpenAI-style error responses (``{"error": {"message", "type", "code"}}``) of the Python
+ext_proc picker, and its mapping from the routing service's errors to them (the HTTP
+proxy's own, in Rust, answer the same)."""
 
 from __future__ import annotations
-
-import json
 
 from llmlb_fast.errors import (
     DuplicateRequestError,
     NoAvailableNodeError,
+    RequestError,
     TableFullError,
     UnknownModelError,
     UnknownNodeError,
 )
 from llmlb_fast.service.routing import DrainingError
 
-
-class ProxyError(Exception):
-    """A request the proxy answers itself, with an HTTP status and an OpenAI error body."""
-
-    def __init__(self, status: int, message: str, error_type: str, code: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.error_type = error_type
-        self.code = code
-
-    def body(self) -> bytes:
-        error = {"message": self.message, "type": self.error_type, "code": self.code}
-        return json.dumps({"error": error}).encode()
+ProxyError = RequestError
 
 
 def invalid_request(message: str, code: str = "invalid_request") -> ProxyError:

@@ -12,8 +12,10 @@
 //! - [`lifecycle`]: requests in flight, completion and expiry;
 //! - [`outcome`]: how a request ended;
 //! - [`window`]: per-node sliding-window outcome statistics;
+//! - [`canary`]: which requests a canary policy routes;
 //! - [`router`]: the façade tying them together.
 
+pub mod canary;
 pub mod clock;
 pub mod config;
 pub mod counters;
@@ -30,6 +32,7 @@ pub mod router;
 pub mod scoring;
 pub mod window;
 
+pub use canary::CanarySplit;
 pub use clock::Clock;
 pub use config::RouterConfig;
 pub use error::CoreError;

@@ -21,16 +21,18 @@ fn class_name(err: &CoreError) -> &'static str {
 }
 
 pub fn to_py(err: CoreError) -> PyErr {
+    error_of(class_name(&err), (err.to_string(),))
+}
+
+/// An instance of `llmlb_fast.errors.<class>` built from `arguments`, as a PyErr.
+pub fn error_of(class: &str, arguments: impl for<'py> pyo3::call::PyCallArgs<'py>) -> PyErr {
     Python::attach(|py| {
-        let module = ERRORS_MODULE.get_or_try_init(py, || {
+        let errors = ERRORS_MODULE.get_or_try_init(py, || {
             PyModule::import(py, "llmlb_fast.errors").map(Bound::unbind)
         });
-        let class = module.and_then(|m| m.bind(py).getattr(class_name(&err)));
-        match class {
-            Ok(class) => match class.call1((err.to_string(),)) {
-                Ok(instance) => PyErr::from_value(instance),
-                Err(e) => e,
-            },
+        let class = errors.and_then(|m| m.bind(py).getattr(class));
+        match class.and_then(|class| class.call1(arguments)) {
+            Ok(instance) => PyErr::from_value(instance),
             Err(e) => e,
         }
     })

@@ -1,6 +1,7 @@
 //! PyO3 binding of `llmlb-core`, imported as `llmlb_fast._core`. It converts types and
 //! errors only; every routing rule lives in the core crate.
 
+mod canary;
 mod config;
 mod decision;
 mod errors;
@@ -8,6 +9,8 @@ mod hashing;
 mod kv_events;
 mod node;
 mod prompt_args;
+mod proxy;
+mod request;
 mod router;
 mod sim;
 
@@ -15,6 +18,8 @@ use pyo3::prelude::*;
 
 #[pymodule]
 mod _core {
+    #[pymodule_export]
+    use super::canary::{canary_bucket, CanarySplit};
     #[pymodule_export]
     use super::config::RouterConfig;
     #[pymodule_export]
@@ -25,6 +30,10 @@ mod _core {
     use super::kv_events::{KvEventsOutcome, PrefixCredit};
     #[pymodule_export]
     use super::node::{memory_usage, Node, NodeStatus};
+    #[pymodule_export]
+    use super::proxy::HttpProxy;
+    #[pymodule_export]
+    use super::request::{routing_key, ResponseMeter, RoutingKey};
     #[pymodule_export]
     use super::router::Router;
     #[pymodule_export]

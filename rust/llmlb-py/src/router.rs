@@ -3,6 +3,7 @@
 //! so that several Python threads can route at once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use llmlb_core as core;
 use pyo3::prelude::*;
@@ -17,7 +18,8 @@ use crate::prompt_args;
 
 #[pyclass(frozen, module = "llmlb_fast._core")]
 pub struct Router {
-    inner: core::Router,
+    /// Shared with the HTTP proxy, which routes without the interpreter.
+    pub(crate) inner: Arc<core::Router>,
 }
 
 #[pymethods]
@@ -39,7 +41,9 @@ impl Router {
         for node in nodes.unwrap_or_default() {
             inner.upsert_node(node.spec).py_err()?;
         }
-        Ok(Router { inner })
+        Ok(Router {
+            inner: Arc::new(inner),
+        })
     }
 
     #[getter]

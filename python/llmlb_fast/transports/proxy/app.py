@@ -1,154 +1,161 @@
-"""The OpenAI-compatible HTTP proxy: aiohttp server, handlers and the service-facing API."""
+"""The OpenAI-compatible HTTP proxy: the Rust one (``_core.HttpProxy``) on the service.
+
+The proxy routes, forwards, retries, migrates, relays and completes every request in
+Rust on the service's core router; no Python runs per request (except a model's
+tokenizer, when one is configured). What the service must hear of (route timings and
+refusals, completions for breakers and metrics, decisions for other replicas) is queued
+in Rust and applied here in batches, on the service's event loop: a thread waits for
+events without holding the interpreter and hands each batch to the loop. What the
+service decides (draining, warm-up, canary, tokenized models) is pushed to the proxy
+whenever it changes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
+import time
 from collections.abc import Iterable
 
-from aiohttp import web
-
-from llmlb_fast.errors import UnknownModelError
+from llmlb_fast._core import HttpProxy
 from llmlb_fast.service.routing import PROXY, RoutingService
-from llmlb_fast.transports.http_errors import ProxyError, body_too_large, unknown_model
-from llmlb_fast.transports.proxy.forward import (
-    Forwarder,
-    proxy_error_response,
-)
-from llmlb_fast.transports.proxy.migration import MovableRequests
-from llmlb_fast.transports.proxy.models import ModelCatalog
-from llmlb_fast.transports.proxy.routing_key import (
-    CHAT_PATH,
-    COMPLETIONS_PATH,
-    RoutingKey,
-    parse_body,
-    routing_key,
-    tokenized,
-)
+from llmlb_fast.transports.proxy.routing_key import engine_token_ids
 from llmlb_fast.transports.proxy.settings import ProxySettings
-from llmlb_fast.transports.proxy.upstream import Upstream
 
 log = logging.getLogger("llmlb.proxy")
-# Below this body size a request is tokenized on the event loop (about 0.1 ms: less than
-# handing it to a thread and back).
-INLINE_TOKENIZE_BYTES = 512
+
+# The event thread wakes at least this often (to notice a replica's warm-up end).
+EVENT_WAIT_S = 0.05
+# After a batch, events gather this long before the next (fewer, larger batches).
+BATCH_INTERVAL_S = 0.002
 
 
 class ProxyServer:
-    """Serves ``/v1/completions``, ``/v1/chat/completions`` and ``/v1/models`` in front of
-    the service's nodes (each node's ``address`` is the backend base URL). Every request
-    is routed and completed through ``service``; while it drains, new requests get a 503.
-    """
+    """Serves ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models`` and
+    ``/health`` in front of the service's nodes (each node's ``address`` is the backend
+    base URL). While the service drains, new requests get a 503."""
 
     def __init__(self, service: RoutingService, settings: ProxySettings | None = None) -> None:
         self.service = service
         self.settings = settings or ProxySettings()
-        self._upstream = Upstream(self.settings)
-        self._movable = MovableRequests()
-        self._catalog = ModelCatalog(service, self._upstream, self.settings)
-        self._forwarder = Forwarder(service, self._upstream, self.settings, self._movable)
-        self._runner: web.AppRunner | None = None
-        self.app = self._build_app()
-
-    def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
-        app.router.add_post(CHAT_PATH, self._completion)
-        app.router.add_post(COMPLETIONS_PATH, self._completion)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/health", self._health)
-        app.router.add_route("*", "/{tail:.*}", self._not_found)
-        app.on_cleanup.append(self._cleanup)
-        return app
+        self._proxy = HttpProxy(
+            service.router, **self.settings.as_kwargs(), tokenizer=self._engine_tokens
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._batch_applied = threading.Event()
+        self._pushed_warming: bool | None = None
+        service.add_control_listener(self._push_control)
+        self._push_control()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listens on host:port (0 = an ephemeral port) and returns the bound port."""
-        # handler_cancellation: a client that disconnects cancels its handler at once,
-        # which releases its router slot even while the backend has not answered yet.
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, backlog=2048, reuse_address=True)
-        await site.start()
-        bound: int = self._runner.addresses[0][1]
+        self._loop = asyncio.get_running_loop()
+        self._push_control()
+        bound = self._proxy.start(host, port)
+        self._stopping.clear()
+        self._events_thread = threading.Thread(
+            target=self._hand_over_events, name="llmlb-proxy-events", daemon=True
+        )
+        self._events_thread.start()
         log.info("proxy listening on %s:%d", host, bound)
         return bound
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        """Stops listening; open responses get a second, then are cut. Every request's
+        completion has reached the service when this returns."""
+        await asyncio.to_thread(self._proxy.stop)
+        self._stopping.set()
+        if self._events_thread is not None:
+            await asyncio.to_thread(self._events_thread.join)
+            self._events_thread = None
+        self.flush()
 
     def migrate(self, node_id: str, request_ids: Iterable[str] | None = None) -> list[str]:
         """Moves the requests of ``node_id`` that have not received a byte yet to other
-        nodes (all of that node's such requests when ``request_ids`` is None). Call on the
-        proxy's event loop; returns the request ids that will be re-sent."""
-        return self._movable.migrate(node_id, request_ids)
+        nodes (all of that node's such requests when ``request_ids`` is None); returns
+        the request ids that will be re-sent."""
+        ids = None if request_ids is None else list(request_ids)
+        return self._proxy.migrate(node_id, ids)
 
-    async def _cleanup(self, _app: web.Application) -> None:
-        await self._catalog.close()
-        await self._upstream.close()
+    def flush(self) -> int:
+        """Applies the events queued so far to the service (on the service's loop);
+        returns how many there were. Tests call it before reading the service."""
+        events = self._proxy.take_events()
+        for event in events:
+            try:
+                self._apply(event)
+            except Exception:
+                log.exception("proxy event %r failed", event[0])
+        return len(events)
 
-    async def _completion(self, request: web.Request) -> web.StreamResponse:
+    @property
+    def port(self) -> int | None:
+        return self._proxy.port
+
+    def _apply(self, event: tuple[object, ...]) -> None:
+        service = self.service
+        match event:
+            case ("completed", completion, ttft_s):
+                service.completed(completion, ttft_s)  # type: ignore[arg-type]
+            case ("routed", policy, reason, seconds, _canary, decision):
+                service.record_routed(policy, reason, seconds, decision)  # type: ignore[arg-type]
+            case ("refused", kind):
+                service.count_route_refusal(PROXY, kind)  # type: ignore[arg-type]
+            case ("first_token", request_id):
+                service.share_first_token(request_id)  # type: ignore[arg-type]
+            case ("tokenizer_fallback", model):
+                service.count_tokenizer_fallback(model)  # type: ignore[arg-type]
+
+    def _hand_over_events(self) -> None:
+        """The events thread: waits for events off the interpreter, has the loop apply
+        each batch, and lets the next one gather for a moment."""
+        loop = self._loop
+        assert loop is not None
+        while not self._stopping.is_set():
+            self._push_warming()
+            if not self._proxy.wait_events(EVENT_WAIT_S):
+                continue
+            self._batch_applied.clear()
+            try:
+                loop.call_soon_threadsafe(self._apply_batch)
+            except RuntimeError:  # the loop is closed
+                return
+            self._batch_applied.wait(timeout=1.0)
+            time.sleep(BATCH_INTERVAL_S)
+
+    def _apply_batch(self) -> None:
         try:
-            raw = await self._read_body(request)
-            key = routing_key(request.path, parse_body(raw))
-            if await self._catalog.knows(key.model) is False:
-                self.service.count_refusal(PROXY, UnknownModelError(key.model))
-                raise unknown_model(key.model)
-            key = await self._engine_tokens(key, len(raw))
-            return await self._forwarder.forward(request, request.path, raw, key)
-        except ProxyError as error:
-            return proxy_error_response(error)
+            self.flush()
+        finally:
+            self._batch_applied.set()
 
-    async def _engine_tokens(self, key: RoutingKey, body_bytes: int) -> RoutingKey:
-        """The key as the engine's tokens when its model has a tokenizer. Tokenizing costs
-        about 1 µs per token (benches/results/tokenizer_cost.json): past a small body it
-        runs on a worker thread (the library releases the GIL), not on the event loop."""
-        tokenizer = self.service.tokenizer(key.model)
-        if tokenizer is None:
-            return key
-        if body_bytes <= INLINE_TOKENIZE_BYTES:
-            engine_key = tokenized(key, tokenizer)
-        else:
-            engine_key = await asyncio.to_thread(tokenized, key, tokenizer)
-        if engine_key is None:
-            self.service.count_tokenizer_fallback(key.model)
-            return key
-        return engine_key
+    def _push_warming(self) -> None:
+        if (not self.service.ready) != self._pushed_warming:
+            self._push_control()
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise body_too_large(limit)
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise body_too_large(limit) from exc
-
-    async def _models(self, _request: web.Request) -> web.Response:
-        models, answered = await self._catalog.models()
-        if answered == 0 and not models:
-            return proxy_error_response(
-                ProxyError(
-                    503,
-                    "No backend answered /v1/models.",
-                    "service_unavailable",
-                    "no_backend_available",
-                )
-            )
-        return web.json_response({"object": "list", "data": models})
-
-    async def _health(self, _request: web.Request) -> web.Response:
-        in_flight = self.service.in_flight_total
-        if not self.service.ready:  # a replica warming up from its peers
-            return web.json_response({"status": "warming_up", "in_flight": in_flight}, status=503)
-        return web.json_response({"status": "ok", "in_flight": in_flight})
-
-    async def _not_found(self, request: web.Request) -> web.Response:
-        return proxy_error_response(
-            ProxyError(
-                404,
-                f"Unknown endpoint: {request.method} {request.path}",
-                "invalid_request_error",
-                "unknown_endpoint",
-            )
+    def _push_control(self) -> None:
+        service = self.service
+        warming = not service.ready
+        self._pushed_warming = warming
+        self._proxy.set_control(
+            draining=service.draining,
+            warming_up=warming,
+            canary=service.canary.core if service.canary is not None else None,
+            tokenized_models=sorted(service.tokenizers),
+            share_decisions=service.shares_decisions,
         )
+
+    def _engine_tokens(
+        self, model: str, prompt: str | None, messages_json: str | None, tools_json: str | None
+    ) -> list[int] | None:
+        """Called by the Rust proxy (on a blocking thread) for a tokenized model."""
+        tokenizer = self.service.tokenizer(model)
+        if tokenizer is None:
+            return None
+        with contextlib.suppress(ValueError):
+            return engine_token_ids(tokenizer, prompt, messages_json, tools_json)
+        return None

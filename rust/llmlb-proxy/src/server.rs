@@ -1,0 +1,154 @@
+//! The HTTP/1.1 front: accept loop (TCP_NODELAY), graceful stop, and the endpoints
+//! `/v1/completions`, `/v1/chat/completions`, `/v1/models` and `/health`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::catalog::ModelCatalog;
+use crate::error::ProxyError;
+use crate::forward::{forward, Outgoing, SESSION_HEADER};
+use crate::relay::ProxyBody;
+use crate::routing_key::{routing_key, CHAT_PATH, COMPLETIONS_PATH};
+use crate::shared::Shared;
+
+/// How long stopping waits for open responses before cutting them.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let shared = shared.clone();
+                    let service = service_fn(move |request| handle(shared.clone(), peer, request));
+                    let connection = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                }
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(STOP_GRACE, graceful.shutdown()).await;
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let path = request.uri().path();
+    let answer = match (request.method(), path) {
+        (&Method::POST, CHAT_PATH | COMPLETIONS_PATH) => completion(&shared, peer, request).await,
+        (method, CHAT_PATH | COMPLETIONS_PATH) => {
+            Err(ProxyError::method_not_allowed(method.as_str(), path))
+        }
+        (&Method::GET, "/v1/models") => models(&shared).await,
+        (&Method::GET, "/health") => Ok(health(&shared)),
+        (method, path) => Err(ProxyError::unknown_endpoint(method.as_str(), path)),
+    };
+    Ok(answer.unwrap_or_else(|error| json_response(error.status, error.body())))
+}
+
+async fn completion(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (parts, body) = request.into_parts();
+    let raw = read_body(body, shared.settings.max_body_bytes).await?;
+    let path = parts.uri.path();
+    let key = routing_key(path, &raw)?;
+    if ModelCatalog::knows(shared, &key.model).await == Some(false) {
+        shared.refuse("unknown_model");
+        return Err(ProxyError::unknown_model(&key.model));
+    }
+    let key = shared.engine_tokens(key).await;
+    let session_id = parts
+        .headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let mut headers = crate::upstream::end_to_end(&parts.headers);
+    crate::upstream::append_forwarded_for(&mut headers, peer.ip());
+    let outgoing = Outgoing {
+        path,
+        headers,
+        session_id,
+        body: raw,
+    };
+    forward(shared, &outgoing, &key).await
+}
+
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
+    use http_body::Body as _;
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ProxyError::body_too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::body_too_large(limit))
+        }
+        Err(error) => Err(ProxyError::invalid_request(
+            format!("Could not read the request body: {error}"),
+            "invalid_body",
+        )),
+    }
+}
+
+async fn models(shared: &Arc<Shared>) -> Result<Response<ProxyBody>, ProxyError> {
+    let (models, answered) = ModelCatalog::models(shared).await;
+    if answered == 0 && models.is_empty() {
+        return Err(ProxyError::no_backend("No backend answered /v1/models."));
+    }
+    let document = serde_json::json!({"object": "list", "data": models});
+    Ok(json_response(
+        StatusCode::OK,
+        Bytes::from(document.to_string()),
+    ))
+}
+
+fn health(shared: &Shared) -> Response<ProxyBody> {
+    let in_flight = shared.router.in_flight_total();
+    if shared.control.load().warming_up {
+        let document = serde_json::json!({"status": "warming_up", "in_flight": in_flight});
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from(document.to_string()),
+        );
+    }
+    let document = serde_json::json!({"status": "ok", "in_flight": in_flight});
+    json_response(StatusCode::OK, Bytes::from(document.to_string()))
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::whole(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
