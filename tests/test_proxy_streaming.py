@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from llmlb_fast import Node, Router, RouterConfig
 from llmlb_fast._core import routing_key
+from llmlb_fast.config import ServiceConfig
 from llmlb_fast.transports.proxy import ProxyServer, ProxySettings
 from proxy_backends import MODEL, Backend, sse_chunks
 from service_harness import RecordingService
@@ -203,5 +204,45 @@ def test_every_transport_hashes_the_same_routing_key() -> None:
         assert credit[node].blocks == len(key.prompt) // router.config.char_block_size
         other = "b" if node == "a" else "a"
         assert other not in credit or credit[other].blocks == 0
+
+    run(scenario)
+
+
+def test_the_canary_splits_proxy_traffic_by_session() -> None:
+    async def scenario() -> None:
+        backend = Backend("a")
+        await backend.start()
+        config = ServiceConfig.model_validate(
+            {"policy": "llmlb", "canary": {"policy": "round_robin", "percent": 50}}
+        )
+        service = RecordingService(
+            Router(config.router_config(), [Node("a", backend.address)]), config
+        )
+        proxy = ProxyServer(service)
+        url = f"http://127.0.0.1:{await proxy.start()}/v1/completions"
+        policies: dict[str, set[str]] = {}
+        try:
+            async with aiohttp.ClientSession() as client:
+                for session in range(24):
+                    for _ in range(4):
+                        headers = {"x-session-id": f"user-{session}"}
+                        body = {"model": MODEL, "prompt": "hi"}
+                        async with client.post(url, json=body, headers=headers) as resp:
+                            assert resp.status == 200
+                            request_id = resp.headers["x-llmlb-request-id"]
+                        proxy.flush()
+                        [completion] = [
+                            c for c in service.completions if c.request_id == request_id
+                        ]
+                        policies.setdefault(f"user-{session}", set()).add(completion.policy)
+        finally:
+            await proxy.stop()
+            await backend.stop()
+        # Each session stays on one side, the same side the core's rule gives it.
+        assert all(len(chosen) == 1 for chosen in policies.values())
+        for session, chosen in policies.items():
+            expected = "round_robin" if service.canary.choose(session) else "llmlb"
+            assert chosen == {expected}
+        assert {p for chosen in policies.values() for p in chosen} == {"round_robin", "llmlb"}
 
     run(scenario)

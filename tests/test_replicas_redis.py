@@ -232,3 +232,42 @@ def test_a_joining_replica_is_not_serving_until_warm(redis_server: RedisServer) 
                 assert third.server.service.router.remote_in_flight_total == 3
 
     asyncio.run(scenario())
+
+
+def test_a_request_through_one_replicas_proxy_counts_on_the_other(
+    redis_server: RedisServer,
+) -> None:
+    """The Rust proxy's decisions, first tokens and completions reach the other replica
+    (through the service's batches, then Redis), like gRPC-routed ones."""
+    from proxy_backends import MODEL, Backend
+
+    async def scenario() -> None:
+        resume = asyncio.Event()
+        backend = Backend("a", hold=resume, stall_after_first=True)
+        await backend.start()
+        overrides = {
+            "nodes": [{"id": "a", "address": backend.address}],
+            "proxy": {"enabled": True, "listen": "127.0.0.1:0"},
+        }
+        try:
+            async with (
+                replicas(redis_server, "one", "two", **overrides) as (one, two),
+                aiohttp.ClientSession() as http,
+            ):
+                other = two.server.service.router
+                await eventually(lambda: one.server.service.ready and two.server.service.ready)
+                url = f"http://127.0.0.1:{one.server.proxy_port}/v1/completions"
+                body = {"model": MODEL, "prompt": PROMPT, "stream": True}
+                async with http.post(url, json=body) as response:
+                    assert response.status == 200
+                    await response.content.readany()  # the first chunk is in
+                    await eventually(lambda: other.remote_in_flight_total == 1)
+                    assert other.prefix_credit(PROMPT, model=MODEL)["a"].blocks > 0
+                    resume.set()
+                    await response.read()
+                await eventually(lambda: other.remote_in_flight_total == 0)
+        finally:
+            resume.set()
+            await backend.stop()
+
+    asyncio.run(scenario())
