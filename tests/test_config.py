@@ -139,6 +139,13 @@ def test_proxy_section_defaults_and_errors() -> None:
         "proxy: {retries: 3}": "proxy.retries: Extra inputs",
         "proxy: {ext_proc: {enabled: true, port: 1}}": "proxy.ext_proc.port",
         "proxy: {backoff_base: 1, backoff_cap: 0.5}": "backoff_cap must be at least",
+        "proxy: {api_keys: [{name: a, key: short}]}": "at least 16 characters",
+        "proxy: {api_keys: [{name: a}]}": "exactly one of key, key_file, key_env",
+        "proxy: {api_keys: [{name: a, key_env: LLMLB_NO_SUCH_VARIABLE}]}": "at least 16",
+        "proxy: {api_keys: [{name: a, key_file: /nonexistent/key}]}": "key_file",
+        "proxy: {api_keys: [{name: 'a b', key: sk-0123456789abcdef}]}": "name",
+        "proxy: {api_keys: [{name: a, key: sk-0123456789abcdef}, "
+        "{name: a, key: sk-0123456789abcdeg}]}": "names must be unique",
     }
     for text, expected in cases.items():
         with pytest.raises(ConfigError, match=expected):

@@ -62,10 +62,14 @@ class Served:
     client: aiohttp.ClientSession
 
     async def send(
-        self, payload: dict[str, Any], path: str = "/v1/chat/completions"
+        self,
+        payload: dict[str, Any],
+        path: str = "/v1/chat/completions",
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes, str | None]:
         """Status, body and the node that answered."""
-        async with self.client.post(self.proxy_url + path, json=payload) as response:
+        url = self.proxy_url + path
+        async with self.client.post(url, json=payload, headers=headers) as response:
             return response.status, await response.read(), response.headers.get("x-llmlb-node")
 
     async def in_flight(self) -> dict[str, int]:
@@ -333,6 +337,57 @@ def test_hot_reload_reaches_proxy_traffic(tmp_path: Path) -> None:
                 assert decisions == 3
                 scraped = await s.metrics()
                 assert sample(scraped, "llmlb_config_reloads_total", result="ok") == 1
+        finally:
+            await stopped(backends)
+
+    run(scenario)
+
+
+def test_api_keys_guard_the_proxy_and_rotate_on_reload(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        backends = await started([Backend("a")])
+        key_file = tmp_path / "team-b.key"
+        key_file.write_text("sk-team-b-0123456789\n")
+        keys = [
+            {"name": "team-a", "key": "sk-team-a-0123456789"},
+            {"name": "team-b", "key_file": str(key_file)},
+        ]
+        config = serve_config(backends)
+        config["proxy"] = {**config["proxy"], "api_keys": keys}
+        config["server"]["reload_poll_interval"] = 0.05
+        body = {**CHAT, "stream": False}
+
+        def bearer(key: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {key}"}
+
+        try:
+            async with serving(tmp_path, config) as s:
+                for headers in (None, bearer("sk-wrong-0123456789"), {"Authorization": "x"}):
+                    status, data, _ = await s.send(body, headers=headers)
+                    assert status == 401
+                    assert json.loads(data)["error"]["code"] == "invalid_api_key"
+                assert backends[0].received == []
+                async with s.client.get(s.proxy_url + "/health") as response:
+                    assert response.status == 200  # probes need no key
+                assert (await s.send(body, headers=bearer("sk-team-a-0123456789")))[0] == 200
+                assert (await s.send(body, headers=bearer("sk-team-b-0123456789")))[0] == 200
+                # The router's key is not the backend's: it is not forwarded.
+                assert all("Authorization" not in h for h in backends[0].headers)
+                assert await s.settled_metric(1, "llmlb_proxy_requests_total", api_key="team-a")
+                refused = await s.settled_metric(
+                    3, "llmlb_route_errors_total", transport="proxy", error="unauthorized"
+                )
+                assert refused == 3
+                # Rotated by a reload, no restart: the old key stops working.
+                keys[0]["key"] = "sk-team-a-rotated-99"
+                write_config(tmp_path / "llmlb.yaml", config)
+                for _ in range(100):
+                    status, _, _ = await s.send(body, headers=bearer("sk-team-a-0123456789"))
+                    if status == 401:
+                        break
+                    await asyncio.sleep(0.05)
+                assert status == 401
+                assert (await s.send(body, headers=bearer("sk-team-a-rotated-99")))[0] == 200
         finally:
             await stopped(backends)
 

@@ -541,7 +541,8 @@ class ResponseMeter:
     def tokens_out(self) -> int: ...
 
 _ProxyEvent = tuple[object, ...]
-"""("routed", policy, reason, seconds, canary, RouteDecision | None), ("refused", kind),
+"""("routed", policy, reason, seconds, canary, RouteDecision | None, api_key | None),
+("refused", kind),
 ("first_token", request_id), ("completed", Completion, ttft_s | None),
 ("tokenizer_fallback", model)."""
 
@@ -576,6 +577,7 @@ class HttpProxy:
         canary: CanarySplit | None = None,
         tokenized_models: Sequence[str] = ...,
         share_decisions: bool = False,
+        api_keys: Sequence[tuple[str, str]] = ...,
     ) -> None: ...
     def migrate(self, node_id: str, request_ids: Sequence[str] | None = None) -> list[str]: ...
     def wait_events(self, timeout_s: float) -> bool: ...

@@ -20,6 +20,7 @@ different values is an error.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -250,8 +251,42 @@ class ExtProcConfig(_Strict):
     enabled: bool = False
 
 
+class ApiKeyConfig(_Strict):
+    """One client key of the HTTP proxy (``Authorization: Bearer KEY``): the key itself,
+    a file holding it (a mounted Kubernetes secret) or an environment variable."""
+
+    # What metrics call the key's holder (``llmlb_proxy_requests_total{api_key}``).
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    key: str | None = Field(default=None, min_length=16, repr=False)
+    key_file: str | None = None
+    key_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKeyConfig:
+        sources = [v for v in (self.key, self.key_file, self.key_env) if v is not None]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of key, key_file, key_env")
+        self.secret()  # a key file or variable that is missing fails the load
+        return self
+
+    def secret(self) -> str:
+        if self.key is not None:
+            return self.key
+        if self.key_file is not None:
+            try:
+                text = Path(self.key_file).read_text(encoding="utf-8").strip()
+            except OSError as error:
+                raise ValueError(f"key_file: {error}") from None
+        else:
+            text = os.environ.get(str(self.key_env), "").strip()
+        if len(text) < 16:
+            raise ValueError("the key must be at least 16 characters")
+        return text
+
+
 class ProxyConfig(_Strict):
-    """The traffic controller. Read at start only: changing these needs a restart."""
+    """The traffic controller. Read at start only (a restart applies changes), except
+    ``api_keys``, which a reload replaces."""
 
     # The OpenAI-compatible HTTP proxy; nodes' ``address`` is the backend base URL.
     enabled: bool = False
@@ -266,6 +301,8 @@ class ProxyConfig(_Strict):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     # How long a /v1/models answer of the backends is reused.
     models_ttl: Seconds = 5.0
+    # Client keys; none: the proxy answers anyone who can reach it.
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
     ext_proc: ExtProcConfig = Field(default_factory=ExtProcConfig)
 
     @field_validator("listen")
@@ -278,6 +315,9 @@ class ProxyConfig(_Strict):
     def _backoff_order(self) -> ProxyConfig:
         if self.backoff_cap < self.backoff_base:
             raise ValueError("backoff_cap must be at least backoff_base")
+        names = [key.name for key in self.api_keys]
+        if len(set(names)) != len(names):
+            raise ValueError("api_keys names must be unique")
         return self
 
 

@@ -84,6 +84,7 @@ class RoutingService:
         self.router = router or Router(config.router_config(), config.router_nodes())
         self.config_node_ids = {node.id for node in config.nodes}
         self.tokenizers = load_tokenizers(config.tokenizers)
+        self._proxy_api_keys = _api_keys_of(config)
         self.bus = EventBus()
         self.telemetry = Telemetry(self.router)
         self.breakers = BreakerBoard(self.router, self.bus, config.breaker)
@@ -192,6 +193,14 @@ class RoutingService:
     def count_refusal(self, transport: str, error: Exception) -> None:
         """A request a transport refused before routing it (the proxy's model check)."""
         self.telemetry.count_route_error(transport, route_error_kind(error))
+
+    def proxy_api_keys(self) -> list[tuple[str, str]]:
+        """The HTTP proxy's client keys as (name, key), read when the config was."""
+        return list(self._proxy_api_keys)
+
+    def count_proxy_request(self, api_key: str) -> None:
+        """A proxied request routed for the holder of the API key named ``api_key``."""
+        self.telemetry.proxy_requests.labels(api_key).inc()
 
     def count_route_refusal(self, transport: str, kind: str) -> None:
         """A refusal a transport already classified (``kind``: the route-error label)."""
@@ -322,7 +331,9 @@ class RoutingService:
                 f"reload refused: {' and '.join(wiped)}; set server.allow_destructive_reload "
                 "in the new file if that is meant"
             )
-        # Loaded before anything changes: a tokenizer that fails keeps the old config whole.
+        # Loaded before anything changes: a tokenizer or key file that fails keeps the old
+        # config whole.
+        proxy_api_keys = _api_keys_of(new)
         tokenizers = self.tokenizers
         if new.tokenizers != self.config.tokenizers:
             tokenizers = load_tokenizers(new.tokenizers)
@@ -339,6 +350,7 @@ class RoutingService:
                 orphaned.extend(self.deregister_node(node_id, share=False))
         self.config_node_ids = new_ids
         self.tokenizers = tokenizers
+        self._proxy_api_keys = proxy_api_keys
         self._config_kv_sources = kv_sources_of(new)
         self._sync_kv_sources()
         self.breakers.reconfigure(new.breaker)
@@ -361,8 +373,8 @@ class RoutingService:
             exclude={"auth_token"}
         ):
             notes.append("server settings other than auth_token need a restart")
-        if new.proxy != old.proxy:
-            notes.append("proxy settings need a restart")
+        if new.proxy.model_dump(exclude={"api_keys"}) != old.proxy.model_dump(exclude={"api_keys"}):
+            notes.append("proxy settings other than api_keys need a restart")
         if new.replicas != old.replicas:
             notes.append("replicas settings need a restart")
         for note in notes:
@@ -406,6 +418,13 @@ class RoutingService:
         if self.replication is not None:
             await asyncio.to_thread(self.replication.stop)
         await self.alerter.drain()
+
+
+def _api_keys_of(config: ServiceConfig) -> list[tuple[str, str]]:
+    try:
+        return [(key.name, key.secret()) for key in config.proxy.api_keys]
+    except ValueError as error:
+        raise ConfigError(f"proxy.api_keys: {error}") from None
 
 
 def kv_source_of(

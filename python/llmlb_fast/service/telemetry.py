@@ -222,6 +222,12 @@ class Telemetry:
             ["model"],
             registry=r,
         )
+        self.proxy_requests = Counter(
+            "llmlb_proxy_requests",
+            "Requests the HTTP proxy routed, by the name of the client's API key",
+            ["api_key"],
+            registry=r,
+        )
         self.metric_samples = Counter(
             "llmlb_metric_samples", "Metric samples received from agents", ["node"], registry=r
         )

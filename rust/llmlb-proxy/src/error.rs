@@ -87,6 +87,15 @@ impl ProxyError {
         )
     }
 
+    pub fn invalid_api_key() -> Self {
+        ProxyError::new(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect or missing API key (Authorization: Bearer KEY).".into(),
+            "invalid_request_error",
+            "invalid_api_key",
+        )
+    }
+
     pub fn unknown_endpoint(method: &str, path: &str) -> Self {
         ProxyError::new(
             StatusCode::NOT_FOUND,

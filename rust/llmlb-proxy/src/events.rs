@@ -1,6 +1,7 @@
 //! What the proxy tells the routing service (metrics, breakers, other replicas): pushed
 //! on the request path without blocking, taken by the service in batches.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use llmlb_core::{Completion, PolicyKind, RouteDecision};
@@ -15,6 +16,8 @@ pub enum ProxyEvent {
         canary: bool,
         /// The decision itself when `Control::share_decisions` is on.
         decision: Option<Box<RouteDecision>>,
+        /// The name of the client's API key, when keys are configured.
+        api_key: Option<Arc<str>>,
     },
     /// A request refused before or by routing (`kind`: the route-error label).
     Refused { kind: &'static str },

@@ -16,7 +16,7 @@ use crate::metering::ResponseMeter;
 use crate::relay::{ProxyBody, RelayBody};
 use crate::routing_key::RoutingKey;
 use crate::settings::backoff_delay;
-use crate::shared::{Shared, Slot};
+use crate::shared::{Client, Shared, Slot};
 use crate::upstream::{backend_uri, end_to_end};
 
 pub const NODE_HEADER: &str = "x-llmlb-node";
@@ -42,7 +42,7 @@ enum Failure {
 pub struct Outgoing<'a> {
     pub path: &'a str,
     pub headers: HeaderMap,
-    pub session_id: &'a str,
+    pub client: Client<'a>,
     pub body: Bytes,
 }
 
@@ -55,7 +55,7 @@ pub async fn forward(
     let mut failed: Vec<Arc<str>> = Vec::new();
     let (mut retries, mut migrations) = (0u32, 0u32);
     loop {
-        let mut slot = shared.route(key, outgoing.session_id, &failed)?;
+        let mut slot = shared.route(key, &outgoing.client, &failed)?;
         let sent_at = Instant::now();
         match attempt(shared, &slot, outgoing).await {
             Ok(first) => {

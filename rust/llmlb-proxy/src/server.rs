@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -23,7 +23,8 @@ use crate::error::ProxyError;
 use crate::forward::{forward, Outgoing, SESSION_HEADER};
 use crate::relay::ProxyBody;
 use crate::routing_key::{routing_key, CHAT_PATH, COMPLETIONS_PATH};
-use crate::shared::Shared;
+use crate::settings::Unauthorized;
+use crate::shared::{Client, Shared};
 
 /// How long stopping waits for open responses before cutting them.
 pub const STOP_GRACE: Duration = Duration::from_secs(1);
@@ -59,22 +60,51 @@ async fn handle(
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let path = request.uri().path();
-    let answer = match (request.method(), path) {
-        (&Method::POST, CHAT_PATH | COMPLETIONS_PATH) => completion(&shared, peer, request).await,
-        (method, CHAT_PATH | COMPLETIONS_PATH) => {
-            Err(ProxyError::method_not_allowed(method.as_str(), path))
-        }
-        (&Method::GET, "/v1/models") => models(&shared).await,
-        (&Method::GET, "/health") => Ok(health(&shared)),
-        (method, path) => Err(ProxyError::unknown_endpoint(method.as_str(), path)),
+    let path = request.uri().path().to_owned();
+    let api_key = match path.as_str() {
+        "/health" => Ok(None), // probes carry no key
+        _ => authorize(&shared, &request),
     };
-    Ok(answer.unwrap_or_else(|error| json_response(error.status, error.body())))
+    let answer = match (request.method().clone(), path.as_str(), api_key) {
+        (_, _, Err(refused)) => Err(refused),
+        (Method::POST, CHAT_PATH | COMPLETIONS_PATH, Ok(api_key)) => {
+            completion(&shared, peer, api_key, request).await
+        }
+        (method, CHAT_PATH | COMPLETIONS_PATH, _) => {
+            Err(ProxyError::method_not_allowed(method.as_str(), &path))
+        }
+        (Method::GET, "/v1/models", _) => models(&shared).await,
+        (Method::GET, "/health", _) => Ok(health(&shared)),
+        (method, path, _) => Err(ProxyError::unknown_endpoint(method.as_str(), path)),
+    };
+    Ok(answer.unwrap_or_else(|error| {
+        let mut response = json_response(error.status, error.body());
+        if error.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }))
+}
+
+/// The client's API key name (None when the proxy is open), or a 401.
+fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<Option<Arc<str>>, ProxyError> {
+    let authorization = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    shared
+        .control
+        .load()
+        .authorize(authorization)
+        .map_err(|_: Unauthorized| {
+            shared.refuse("unauthorized");
+            ProxyError::invalid_api_key()
+        })
 }
 
 async fn completion(
     shared: &Arc<Shared>,
     peer: SocketAddr,
+    api_key: Option<Arc<str>>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, body) = request.into_parts();
@@ -93,10 +123,16 @@ async fn completion(
         .unwrap_or_default();
     let mut headers = crate::upstream::end_to_end(&parts.headers);
     crate::upstream::append_forwarded_for(&mut headers, peer.ip());
+    if api_key.is_some() {
+        headers.remove(AUTHORIZATION); // the router's credential, not the backend's
+    }
     let outgoing = Outgoing {
         path,
         headers,
-        session_id,
+        client: Client {
+            session_id,
+            api_key,
+        },
         body: raw,
     };
     forward(shared, &outgoing, &key).await

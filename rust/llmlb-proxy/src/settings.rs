@@ -2,6 +2,7 @@
 //! it runs ([`Control`]).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use llmlb_core::CanarySplit;
@@ -90,11 +91,86 @@ pub struct Control {
     pub tokenized_models: HashSet<String>,
     /// Report every decision and first token (other replicas need them).
     pub share_decisions: bool,
+    /// Client keys (`Authorization: Bearer KEY`); empty: the proxy is open.
+    pub api_keys: Vec<ApiKey>,
+}
+
+#[derive(Clone)]
+pub struct ApiKey {
+    /// What metrics call the key's holder.
+    pub name: Arc<str>,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKey({})", self.name) // never the secret
+    }
+}
+
+/// A request without a valid API key where keys are required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unauthorized;
+
+impl Control {
+    /// The name of the key `authorization` carries; `Err` when keys are required and it
+    /// carries none of them. Every key is compared in full (constant time per key).
+    pub fn authorize(
+        &self,
+        authorization: Option<&[u8]>,
+    ) -> Result<Option<Arc<str>>, Unauthorized> {
+        if self.api_keys.is_empty() {
+            return Ok(None);
+        }
+        let given = authorization
+            .and_then(|value| value.strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        let mut found = None;
+        for key in &self.api_keys {
+            if constant_time_eq(given, &key.secret) && found.is_none() {
+                found = Some(key.name.clone());
+            }
+        }
+        found.map(Some).ok_or(Unauthorized)
+    }
+}
+
+fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
+    if given.len() != secret.len() {
+        return false;
+    }
+    given
+        .iter()
+        .zip(secret)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_keys_are_checked_when_configured() {
+        let open = Control::default();
+        assert_eq!(open.authorize(None), Ok(None));
+        let key = |name: &str, secret: &str| ApiKey {
+            name: Arc::from(name),
+            secret: secret.as_bytes().to_vec(),
+        };
+        let guarded = Control {
+            api_keys: vec![key("team-a", "sk-aaaa"), key("team-b", "sk-bbbb")],
+            ..Control::default()
+        };
+        assert_eq!(
+            guarded.authorize(Some(b"Bearer sk-bbbb")),
+            Ok(Some(Arc::from("team-b")))
+        );
+        assert_eq!(guarded.authorize(Some(b"Bearer sk-bbb")), Err(Unauthorized));
+        assert_eq!(guarded.authorize(Some(b"sk-aaaa")), Err(Unauthorized));
+        assert_eq!(guarded.authorize(None), Err(Unauthorized));
+        assert!(!format!("{guarded:?}").contains("sk-aaaa"));
+    }
 
     #[test]
     fn backoff_is_jittered_and_capped() {

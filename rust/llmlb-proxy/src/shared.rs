@@ -17,6 +17,12 @@ use crate::settings::{Control, ProxySettings};
 use crate::tokenize::{EngineTokenizer, Tokenized};
 use crate::upstream::{self, UpstreamClient};
 
+/// Who sent a request: its session (canary stickiness) and API key name.
+pub struct Client<'a> {
+    pub session_id: &'a str,
+    pub api_key: Option<Arc<str>>,
+}
+
 pub struct Shared {
     pub router: Arc<Router>,
     pub settings: ProxySettings,
@@ -55,7 +61,7 @@ impl Shared {
     pub fn route(
         self: &Arc<Self>,
         key: &RoutingKey,
-        session_id: &str,
+        client: &Client<'_>,
         failed: &[Arc<str>],
     ) -> Result<Slot, ProxyError> {
         let control = self.control.load();
@@ -65,7 +71,7 @@ impl Shared {
         }
         let policy = control
             .canary
-            .and_then(|canary| canary.choose(session_id, fastrand::u64(..)));
+            .and_then(|canary| canary.choose(client.session_id, fastrand::u64(..)));
         let started = Instant::now();
         let mut routed = self.route_once(key, policy, failed);
         if !failed.is_empty() && matches!(routed, Err(CoreError::NoAvailableNode(_))) {
@@ -86,6 +92,7 @@ impl Shared {
                     seconds,
                     canary: policy.is_some(),
                     decision: control.share_decisions.then(|| Box::new(decision)),
+                    api_key: client.api_key.clone(),
                 });
                 Ok(slot)
             }

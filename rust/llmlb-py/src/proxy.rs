@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmlb_core as core;
+use llmlb_proxy::settings::ApiKey;
 use llmlb_proxy::{
     Control, EngineTokenizer, Proxy, ProxyEvent, ProxySettings, RoutingKey, Tokenized,
 };
@@ -165,7 +166,9 @@ impl HttpProxy {
         *self.proxy.lock() = Some(proxy);
     }
 
-    #[pyo3(signature = (*, draining, warming_up, canary = None, tokenized_models = Vec::new(), share_decisions = false))]
+    /// `api_keys`: (name, key) pairs; empty leaves the proxy open.
+    #[pyo3(signature = (*, draining, warming_up, canary = None, tokenized_models = Vec::new(), share_decisions = false, api_keys = Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
     fn set_control(
         &self,
         draining: bool,
@@ -173,6 +176,7 @@ impl HttpProxy {
         canary: Option<PyRef<'_, crate::canary::CanarySplit>>,
         tokenized_models: Vec<String>,
         share_decisions: bool,
+        api_keys: Vec<(String, String)>,
     ) {
         let control = Control {
             draining,
@@ -180,6 +184,13 @@ impl HttpProxy {
             canary: canary.map(|c| c.inner),
             tokenized_models: tokenized_models.into_iter().collect(),
             share_decisions,
+            api_keys: api_keys
+                .into_iter()
+                .map(|(name, key)| ApiKey {
+                    name: Arc::from(name),
+                    secret: key.into_bytes(),
+                })
+                .collect(),
         };
         *self.control.lock() = control.clone();
         if let Some(proxy) = &*self.proxy.lock() {
@@ -208,7 +219,7 @@ impl HttpProxy {
     }
 
     /// The queued events, oldest first, as tuples: ("routed", policy, reason, seconds,
-    /// canary, decision | None), ("refused", kind), ("first_token", request_id),
+    /// canary, decision | None, api_key_name | None), ("refused", kind), ("first_token", request_id),
     /// ("completed", completion, ttft_s | None), ("tokenizer_fallback", model).
     fn take_events<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
         let events = match &*self.proxy.lock() {
@@ -257,6 +268,7 @@ fn event_tuple<'py>(py: Python<'py>, event: ProxyEvent) -> PyResult<Bound<'py, P
             seconds,
             canary,
             decision,
+            api_key,
         } => {
             let decision = match decision {
                 Some(inner) => Some(Bound::new(py, RouteDecision { inner: *inner })?),
@@ -269,6 +281,7 @@ fn event_tuple<'py>(py: Python<'py>, event: ProxyEvent) -> PyResult<Bound<'py, P
                 seconds.into_bound_py_any(py)?,
                 canary.into_bound_py_any(py)?,
                 decision.into_bound_py_any(py)?,
+                api_key.as_deref().into_bound_py_any(py)?,
             ]
         }
         ProxyEvent::Refused { kind } => vec![

@@ -6,8 +6,8 @@ tokenizer, when one is configured). What the service must hear of (route timings
 refusals, completions for breakers and metrics, decisions for other replicas) is queued
 in Rust and applied here in batches, on the service's event loop: a thread waits for
 events without holding the interpreter and hands each batch to the loop. What the
-service decides (draining, warm-up, canary, tokenized models) is pushed to the proxy
-whenever it changes.
+service decides (draining, warm-up, canary, tokenized models, client API keys) is
+pushed to the proxy whenever it changes.
 """
 
 from __future__ import annotations
@@ -101,8 +101,10 @@ class ProxyServer:
         match event:
             case ("completed", completion, ttft_s):
                 service.completed(completion, ttft_s)  # type: ignore[arg-type]
-            case ("routed", policy, reason, seconds, _canary, decision):
+            case ("routed", policy, reason, seconds, _canary, decision, api_key):
                 service.record_routed(policy, reason, seconds, decision)  # type: ignore[arg-type]
+                if api_key is not None:
+                    service.count_proxy_request(api_key)  # type: ignore[arg-type]
             case ("refused", kind):
                 service.count_route_refusal(PROXY, kind)  # type: ignore[arg-type]
             case ("first_token", request_id):
@@ -147,6 +149,7 @@ class ProxyServer:
             canary=service.canary.core if service.canary is not None else None,
             tokenized_models=sorted(service.tokenizers),
             share_decisions=service.shares_decisions,
+            api_keys=service.proxy_api_keys(),
         )
 
     def _engine_tokens(
