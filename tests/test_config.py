@@ -146,6 +146,9 @@ def test_proxy_section_defaults_and_errors() -> None:
         "proxy: {api_keys: [{name: 'a b', key: sk-0123456789abcdef}]}": "name",
         "proxy: {api_keys: [{name: a, key: sk-0123456789abcdef}, "
         "{name: a, key: sk-0123456789abcdeg}]}": "names must be unique",
+        "proxy: {api_keys: [{name: a, key: sk-0123456789abcdef, rate: 0}]}": "rate",
+        "proxy: {admission: {max_in_flight: 0}}": "proxy.admission.max_in_flight",
+        "proxy: {admission: {queue_size: -1}}": "proxy.admission.queue_size",
     }
     for text, expected in cases.items():
         with pytest.raises(ConfigError, match=expected):

@@ -577,7 +577,10 @@ class HttpProxy:
         canary: CanarySplit | None = None,
         tokenized_models: Sequence[str] = ...,
         share_decisions: bool = False,
-        api_keys: Sequence[tuple[str, str]] = ...,
+        api_keys: Sequence[tuple[str, str, float | None, float]] = ...,
+        max_in_flight: int | None = None,
+        queue_size: int = 0,
+        queue_timeout_s: float = 5.0,
     ) -> None: ...
     def migrate(self, node_id: str, request_ids: Sequence[str] | None = None) -> list[str]: ...
     def wait_events(self, timeout_s: float) -> bool: ...

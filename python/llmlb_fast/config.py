@@ -260,6 +260,16 @@ class ApiKeyConfig(_Strict):
     key: str | None = Field(default=None, min_length=16, repr=False)
     key_file: str | None = None
     key_env: str | None = None
+    # Requests per second this key may send (a token bucket; None: unlimited), and how
+    # many at once after a quiet spell (default: one second's worth, at least 1).
+    rate: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+
+    @property
+    def burst_size(self) -> float:
+        if self.burst is not None:
+            return float(self.burst)
+        return max(1.0, self.rate or 1.0)
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiKeyConfig:
@@ -284,9 +294,18 @@ class ApiKeyConfig(_Strict):
         return text
 
 
+class AdmissionConfig(_Strict):
+    """How many proxied requests run at once; the rest wait in a bounded queue, then 429."""
+
+    # None: no cap (the nodes' own max_concurrency still applies).
+    max_in_flight: int | None = Field(default=None, ge=1)
+    queue_size: int = Field(default=1024, ge=0)
+    queue_timeout: Seconds = 5.0
+
+
 class ProxyConfig(_Strict):
     """The traffic controller. Read at start only (a restart applies changes), except
-    ``api_keys``, which a reload replaces."""
+    ``api_keys`` and ``admission``, which a reload replaces."""
 
     # The OpenAI-compatible HTTP proxy; nodes' ``address`` is the backend base URL.
     enabled: bool = False
@@ -303,6 +322,7 @@ class ProxyConfig(_Strict):
     models_ttl: Seconds = 5.0
     # Client keys; none: the proxy answers anyone who can reach it.
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     ext_proc: ExtProcConfig = Field(default_factory=ExtProcConfig)
 
     @field_validator("listen")

@@ -194,8 +194,9 @@ class RoutingService:
         """A request a transport refused before routing it (the proxy's model check)."""
         self.telemetry.count_route_error(transport, route_error_kind(error))
 
-    def proxy_api_keys(self) -> list[tuple[str, str]]:
-        """The HTTP proxy's client keys as (name, key), read when the config was."""
+    def proxy_api_keys(self) -> list[tuple[str, str, float | None, float]]:
+        """The HTTP proxy's client keys as (name, key, requests/s, burst), read when the
+        config was."""
         return list(self._proxy_api_keys)
 
     def count_proxy_request(self, api_key: str) -> None:
@@ -420,9 +421,9 @@ class RoutingService:
         await self.alerter.drain()
 
 
-def _api_keys_of(config: ServiceConfig) -> list[tuple[str, str]]:
+def _api_keys_of(config: ServiceConfig) -> list[tuple[str, str, float | None, float]]:
     try:
-        return [(key.name, key.secret()) for key in config.proxy.api_keys]
+        return [(key.name, key.secret(), key.rate, key.burst_size) for key in config.proxy.api_keys]
     except ValueError as error:
         raise ConfigError(f"proxy.api_keys: {error}") from None
 

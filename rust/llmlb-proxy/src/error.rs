@@ -12,6 +12,8 @@ pub struct ProxyError {
     pub message: String,
     pub error_type: &'static str,
     pub code: &'static str,
+    /// Sent as `Retry-After` (429s).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ProxyError {
@@ -26,7 +28,24 @@ impl ProxyError {
             message,
             error_type,
             code,
+            retry_after_s: None,
         }
+    }
+
+    pub fn too_many_requests(message: &str, retry_after_s: u64) -> Self {
+        ProxyError {
+            retry_after_s: Some(retry_after_s),
+            ..ProxyError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                message.to_owned(),
+                "rate_limit_error",
+                "too_many_requests",
+            )
+        }
+    }
+
+    pub fn with_code(self, code: &'static str) -> Self {
+        ProxyError { code, ..self }
     }
 
     pub fn invalid_request(message: impl Into<String>, code: &'static str) -> Self {

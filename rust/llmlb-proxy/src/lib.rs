@@ -7,11 +7,12 @@
 //! [`events::EventQueue`] it drains in batches; what it decides (draining, canary,
 //! tokenized models) comes back as a [`settings::Control`] swapped whole.
 //!
-//! Module map: [`routing_key`] (what the router hashes), [`metering`] (tokens and usage
+//! Module map: [`admission`] (in-flight cap, wait queue, per-key rates), [`routing_key`] (what the router hashes), [`metering`] (tokens and usage
 //! in responses), [`upstream`] (backend client and headers), [`forward`] (the attempt
 //! loop), [`relay`] (response bodies), [`migration`], [`catalog`] (`/v1/models`),
 //! [`server`] (accept loop and endpoints), [`shared`] (state and slots).
 
+pub mod admission;
 pub mod catalog;
 pub mod error;
 pub mod events;

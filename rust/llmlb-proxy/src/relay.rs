@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use llmlb_core::Outcome;
 use tokio::time::Sleep;
 
+use crate::admission::Permit;
 use crate::metering::ResponseMeter;
 use crate::shared::Slot;
 
@@ -75,6 +76,8 @@ pub struct RelayBody {
     ttft_s: f64,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
+    /// The request's place under the admission cap, held until the stream ends.
+    pub permit: Option<Permit>,
 }
 
 impl RelayBody {
@@ -96,6 +99,7 @@ impl RelayBody {
             slot,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
+            permit: None,
         }
     }
 

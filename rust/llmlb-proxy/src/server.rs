@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -18,12 +18,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admission::Permit;
 use crate::catalog::ModelCatalog;
 use crate::error::ProxyError;
 use crate::forward::{forward, Outgoing, SESSION_HEADER};
 use crate::relay::ProxyBody;
 use crate::routing_key::{routing_key, CHAT_PATH, COMPLETIONS_PATH};
-use crate::settings::Unauthorized;
+use crate::settings::{KeyHolder, Unauthorized};
 use crate::shared::{Client, Shared};
 
 /// How long stopping waits for open responses before cutting them.
@@ -84,12 +85,20 @@ async fn handle(
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Some(seconds) = error.retry_after_s {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }))
 }
 
-/// The client's API key name (None when the proxy is open), or a 401.
-fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<Option<Arc<str>>, ProxyError> {
+/// The client's API key holder (None when the proxy is open), or a 401.
+fn authorize(
+    shared: &Shared,
+    request: &Request<Incoming>,
+) -> Result<Option<KeyHolder>, ProxyError> {
     let authorization = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
     shared
         .control
@@ -101,12 +110,31 @@ fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<Option<Arc<
         })
 }
 
+/// A place under the admission cap, after the key's rate limit.
+async fn admit(shared: &Shared, holder: Option<&KeyHolder>) -> Result<Permit, ProxyError> {
+    let admitted = match holder.and_then(|h| h.rate.map(|rate| (&h.name, rate))) {
+        Some((name, rate)) => shared.admission.rate_limit(name, rate),
+        None => Ok(()),
+    };
+    let limits = shared.control.load().admission;
+    let admitted = match admitted {
+        Ok(()) => shared.admission.admit(limits).await,
+        Err(shed) => Err(shed),
+    };
+    admitted.map_err(|(kind, error)| {
+        shared.refuse(kind);
+        error
+    })
+}
+
 async fn completion(
     shared: &Arc<Shared>,
     peer: SocketAddr,
-    api_key: Option<Arc<str>>,
+    holder: Option<KeyHolder>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let permit = admit(shared, holder.as_ref()).await?;
+    let api_key = holder.map(|h| h.name);
     let (parts, body) = request.into_parts();
     let raw = read_body(body, shared.settings.max_body_bytes).await?;
     let path = parts.uri.path();
@@ -135,7 +163,11 @@ async fn completion(
         },
         body: raw,
     };
-    forward(shared, &outgoing, &key).await
+    let mut response = forward(shared, &outgoing, &key).await?;
+    if let ProxyBody::Relay(relay) = response.body_mut() {
+        relay.permit = Some(permit); // a stream holds its place until it ends
+    }
+    Ok(response)
 }
 
 async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use llmlb_core::CanarySplit;
 
+use crate::admission::{AdmissionLimits, KeyRate};
+
 /// Fixed for the proxy's life (a reload that changes them needs a restart).
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -93,6 +95,7 @@ pub struct Control {
     pub share_decisions: bool,
     /// Client keys (`Authorization: Bearer KEY`); empty: the proxy is open.
     pub api_keys: Vec<ApiKey>,
+    pub admission: AdmissionLimits,
 }
 
 #[derive(Clone)]
@@ -100,6 +103,15 @@ pub struct ApiKey {
     /// What metrics call the key's holder.
     pub name: Arc<str>,
     pub secret: Vec<u8>,
+    /// The key's request rate limit (None: unlimited).
+    pub rate: Option<KeyRate>,
+}
+
+/// Who a request's key says sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyHolder {
+    pub name: Arc<str>,
+    pub rate: Option<KeyRate>,
 }
 
 impl std::fmt::Debug for ApiKey {
@@ -113,12 +125,12 @@ impl std::fmt::Debug for ApiKey {
 pub struct Unauthorized;
 
 impl Control {
-    /// The name of the key `authorization` carries; `Err` when keys are required and it
-    /// carries none of them. Every key is compared in full (constant time per key).
+    /// The holder of the key `authorization` carries; `Err` when keys are required and
+    /// it carries none of them. Every key is compared in full (constant time per key).
     pub fn authorize(
         &self,
         authorization: Option<&[u8]>,
-    ) -> Result<Option<Arc<str>>, Unauthorized> {
+    ) -> Result<Option<KeyHolder>, Unauthorized> {
         if self.api_keys.is_empty() {
             return Ok(None);
         }
@@ -128,7 +140,10 @@ impl Control {
         let mut found = None;
         for key in &self.api_keys {
             if constant_time_eq(given, &key.secret) && found.is_none() {
-                found = Some(key.name.clone());
+                found = Some(KeyHolder {
+                    name: key.name.clone(),
+                    rate: key.rate,
+                });
             }
         }
         found.map(Some).ok_or(Unauthorized)
@@ -157,15 +172,14 @@ mod tests {
         let key = |name: &str, secret: &str| ApiKey {
             name: Arc::from(name),
             secret: secret.as_bytes().to_vec(),
+            rate: None,
         };
         let guarded = Control {
             api_keys: vec![key("team-a", "sk-aaaa"), key("team-b", "sk-bbbb")],
             ..Control::default()
         };
-        assert_eq!(
-            guarded.authorize(Some(b"Bearer sk-bbbb")),
-            Ok(Some(Arc::from("team-b")))
-        );
+        let holder = guarded.authorize(Some(b"Bearer sk-bbbb")).unwrap().unwrap();
+        assert_eq!(&*holder.name, "team-b");
         assert_eq!(guarded.authorize(Some(b"Bearer sk-bbb")), Err(Unauthorized));
         assert_eq!(guarded.authorize(Some(b"sk-aaaa")), Err(Unauthorized));
         assert_eq!(guarded.authorize(None), Err(Unauthorized));

@@ -7,6 +7,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use llmlb_core::{CoreError, Outcome, Prompt, RouteDecision, RouteRequest, Router};
 
+use crate::admission::Admission;
 use crate::catalog::ModelCatalog;
 use crate::error::ProxyError;
 use crate::events::{EventQueue, ProxyEvent};
@@ -32,6 +33,7 @@ pub struct Shared {
     pub catalog: ModelCatalog,
     pub client: UpstreamClient,
     pub tokenizer: Option<Arc<dyn EngineTokenizer>>,
+    pub admission: Arc<Admission>,
 }
 
 impl Shared {
@@ -49,6 +51,7 @@ impl Shared {
             events: Arc::default(),
             movable: MovableRequests::default(),
             tokenizer,
+            admission: Arc::default(),
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmlb_core as core;
+use llmlb_proxy::admission::{AdmissionLimits, KeyRate};
 use llmlb_proxy::settings::ApiKey;
 use llmlb_proxy::{
     Control, EngineTokenizer, Proxy, ProxyEvent, ProxySettings, RoutingKey, Tokenized,
@@ -166,8 +167,20 @@ impl HttpProxy {
         *self.proxy.lock() = Some(proxy);
     }
 
-    /// `api_keys`: (name, key) pairs; empty leaves the proxy open.
-    #[pyo3(signature = (*, draining, warming_up, canary = None, tokenized_models = Vec::new(), share_decisions = false, api_keys = Vec::new()))]
+    /// `api_keys`: (name, key, requests per second | None, burst) tuples; empty leaves
+    /// the proxy open. `max_in_flight` None: no admission cap.
+    #[pyo3(signature = (
+        *,
+        draining,
+        warming_up,
+        canary = None,
+        tokenized_models = Vec::new(),
+        share_decisions = false,
+        api_keys = Vec::new(),
+        max_in_flight = None,
+        queue_size = 0,
+        queue_timeout_s = 5.0,
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn set_control(
         &self,
@@ -176,8 +189,11 @@ impl HttpProxy {
         canary: Option<PyRef<'_, crate::canary::CanarySplit>>,
         tokenized_models: Vec<String>,
         share_decisions: bool,
-        api_keys: Vec<(String, String)>,
-    ) {
+        api_keys: Vec<(String, String, Option<f64>, f64)>,
+        max_in_flight: Option<usize>,
+        queue_size: usize,
+        queue_timeout_s: f64,
+    ) -> PyResult<()> {
         let control = Control {
             draining,
             warming_up,
@@ -186,16 +202,23 @@ impl HttpProxy {
             share_decisions,
             api_keys: api_keys
                 .into_iter()
-                .map(|(name, key)| ApiKey {
+                .map(|(name, key, per_s, burst)| ApiKey {
                     name: Arc::from(name),
                     secret: key.into_bytes(),
+                    rate: per_s.map(|per_s| KeyRate { per_s, burst }),
                 })
                 .collect(),
+            admission: AdmissionLimits {
+                max_in_flight,
+                queue_size,
+                queue_timeout: seconds("queue_timeout_s", queue_timeout_s)?,
+            },
         };
         *self.control.lock() = control.clone();
         if let Some(proxy) = &*self.proxy.lock() {
             proxy.set_control(control);
         }
+        Ok(())
     }
 
     /// Moves `node_id`'s requests that have no byte back yet (all of them, or those in

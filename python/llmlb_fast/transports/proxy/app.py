@@ -6,8 +6,8 @@ tokenizer, when one is configured). What the service must hear of (route timings
 refusals, completions for breakers and metrics, decisions for other replicas) is queued
 in Rust and applied here in batches, on the service's event loop: a thread waits for
 events without holding the interpreter and hands each batch to the loop. What the
-service decides (draining, warm-up, canary, tokenized models, client API keys) is
-pushed to the proxy whenever it changes.
+service decides (draining, warm-up, canary, tokenized models, client API keys,
+admission limits) is pushed to the proxy whenever it changes.
 """
 
 from __future__ import annotations
@@ -141,6 +141,7 @@ class ProxyServer:
 
     def _push_control(self) -> None:
         service = self.service
+        admission = service.config.proxy.admission
         warming = not service.ready
         self._pushed_warming = warming
         self._proxy.set_control(
@@ -150,6 +151,9 @@ class ProxyServer:
             tokenized_models=sorted(service.tokenizers),
             share_decisions=service.shares_decisions,
             api_keys=service.proxy_api_keys(),
+            max_in_flight=admission.max_in_flight,
+            queue_size=admission.queue_size,
+            queue_timeout_s=admission.queue_timeout,
         )
 
     def _engine_tokens(
