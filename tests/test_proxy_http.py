@@ -325,3 +325,29 @@ def test_refusals_are_counted_and_draining_answers_503() -> None:
         assert h.completions == []
 
     run(scenario)
+
+
+def test_a_refused_body_does_not_poison_the_clients_connection_pool() -> None:
+    """A 413 leaves the rest of the body unread, so it says ``Connection: close``; a
+    client reusing its pooled connections then never writes into a closed one."""
+
+    async def scenario() -> None:
+        async with running([Backend("a")], ProxySettings(max_body_bytes=64 * 1024)) as h:
+            connector = aiohttp.TCPConnector(limit=4)
+            async with aiohttp.ClientSession(connector=connector) as client:
+
+                async def one(i: int) -> int:
+                    if i % 2:
+                        data = b"x" * (1024 * 1024)
+                        async with client.post(h.url + "/v1/completions", data=data) as resp:
+                            if resp.status == 413:
+                                assert resp.headers["Connection"] == "close"
+                            return resp.status
+                    async with client.post(h.url + "/v1/completions", json=stream_body()) as resp:
+                        await resp.read()
+                        return resp.status
+
+                statuses = await asyncio.gather(*(one(i) for i in range(40)))
+            assert statuses == [200, 413] * 20
+
+    run(scenario)

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -67,7 +69,11 @@ async fn handle(
         _ => authorize(&shared, &request),
     };
     let answer = match (request.method().clone(), path.as_str(), api_key) {
-        (_, _, Err(refused)) => Err(refused),
+        (_, _, Err(refused)) => {
+            // Read what the client sends, so that its connection stays usable.
+            let _ = read_body(request.into_body(), shared.settings.max_body_bytes).await;
+            Err(refused)
+        }
         (Method::POST, CHAT_PATH | COMPLETIONS_PATH, Ok(api_key)) => {
             completion(&shared, peer, api_key, request).await
         }
@@ -84,6 +90,12 @@ async fn handle(
             response
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if error.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is not read: the connection cannot carry another request.
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(seconds) = error.retry_after_s {
             response
@@ -133,10 +145,11 @@ async fn completion(
     holder: Option<KeyHolder>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let permit = admit(shared, holder.as_ref()).await?;
-    let api_key = holder.map(|h| h.name);
     let (parts, body) = request.into_parts();
     let raw = read_body(body, shared.settings.max_body_bytes).await?;
+    // After the body is in: a refused client's connection stays usable.
+    let permit = admit(shared, holder.as_ref()).await?;
+    let api_key = holder.map(|h| h.name);
     let path = parts.uri.path();
     let key = routing_key(path, &raw)?;
     if ModelCatalog::knows(shared, &key.model).await == Some(false) {
