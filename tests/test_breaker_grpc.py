@@ -100,23 +100,52 @@ def test_breaker_trips_half_opens_and_recovers() -> None:
     asyncio.run(scenario())
 
 
+async def _half_opened(s: Running) -> EventWatcher:
+    """Trips node a (failure_threshold 1) and waits for it to go half-open."""
+    watcher = await EventWatcher(s).start()
+    failed = await _route_to(s, "a", "f")
+    await s.stub.Complete(
+        pb.CompleteRequest(request_id=failed.request_id, outcome=pb.OUTCOME_ERROR)
+    )
+    await watcher.wait_for(pb.EVENT_KIND_BREAKER_OPENED)
+    await watcher.wait_for(pb.EVENT_KIND_BREAKER_HALF_OPENED)
+    return watcher
+
+
 def test_failed_probe_reopens() -> None:
     async def scenario() -> None:
         breaker = {**BREAKER, "failure_threshold": 1}
         async with running_server({"policy": "round_robin", "breaker": breaker}) as s:
-            watcher = await EventWatcher(s).start()
-            failed = await _route_to(s, "a", "f")
-            await s.stub.Complete(
-                pb.CompleteRequest(request_id=failed.request_id, outcome=pb.OUTCOME_ERROR)
-            )
-            await watcher.wait_for(pb.EVENT_KIND_BREAKER_OPENED)
-            await watcher.wait_for(pb.EVENT_KIND_BREAKER_HALF_OPENED)
+            watcher = await _half_opened(s)
             probe = await _route_to(s, "a", "probe")
             await s.stub.Complete(
                 pb.CompleteRequest(request_id=probe.request_id, outcome=pb.OUTCOME_ERROR)
             )
             reopened = await watcher.wait_for(pb.EVENT_KIND_BREAKER_OPENED)
             assert reopened.from_state == "half_open" and "probe" in reopened.reason
+            watcher.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_half_open_admits_the_configured_number_of_probes() -> None:
+    async def scenario() -> None:
+        breaker = {**BREAKER, "failure_threshold": 1, "half_open_probes": 3}
+        async with running_server({"policy": "round_robin", "breaker": breaker}) as s:
+            watcher = await _half_opened(s)
+            routed = [await s.stub.Route(pb.RouteRequest(text=f"probe? {i}")) for i in range(12)]
+            probes = [r for r in routed if r.node_id == "a"]
+            assert len(probes) == 3  # three at once, the rest elsewhere
+            done = await s.stub.Complete(
+                pb.CompleteRequest(request_id=probes[0].request_id, outcome=pb.OUTCOME_OK)
+            )
+            assert done.was_probe
+            closed = await watcher.wait_for(pb.EVENT_KIND_BREAKER_CLOSED)
+            assert closed.node_id == "a"
+            for r in [*probes[1:], *(r for r in routed if r.node_id != "a")]:
+                await s.stub.Complete(
+                    pb.CompleteRequest(request_id=r.request_id, outcome=pb.OUTCOME_OK)
+                )
             watcher.cancel()
 
     asyncio.run(scenario())

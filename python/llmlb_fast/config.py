@@ -200,6 +200,9 @@ class BreakerConfig(_Strict):
     enabled: bool = True
     failure_threshold: int = Field(default=5, gt=0)
     cooldown: Seconds = 30.0
+    # Requests a half-open node takes at once while it proves itself (the first outcome
+    # closes or reopens it).
+    half_open_probes: int = Field(default=1, ge=1, le=1000)
     overload: OverloadConfig = Field(default_factory=OverloadConfig)
 
 

@@ -2,10 +2,10 @@
 
 A node's breaker opens after ``failure_threshold`` consecutive failed completions (the
 core counts them) or when its metrics stay over an overload threshold for a window.
-After ``cooldown`` it goes half-open: the core then lets exactly one probe request
-through; the probe's outcome closes or reopens it. The core only gates routing on the
-state set here; every transition is logged and published as an event naming the
-node's in-flight requests, so a traffic controller can migrate them.
+After ``cooldown`` it goes half-open: the core then lets ``half_open_probes`` requests
+through (one by default); the first probe's outcome closes or reopens it. The core only
+gates routing on the state set here; every transition is logged and published as an
+event naming the node's in-flight requests, so a traffic controller can migrate them.
 """
 
 from __future__ import annotations
@@ -152,7 +152,9 @@ class BreakerBoard:
             breaker.cooldown.cancel()
             breaker.cooldown = None
         try:
-            previous = self._router.set_breaker_state(node_id, to_state)
+            previous = self._router.set_breaker_state(
+                node_id, to_state, probes=self.config.half_open_probes
+            )
             in_flight = self._router.in_flight_request_ids(node_id)
         except UnknownNodeError:
             self.forget(node_id)

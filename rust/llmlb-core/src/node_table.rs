@@ -3,7 +3,7 @@
 //! each node). Routing reads both without taking a lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -362,7 +362,9 @@ pub struct NodeLive {
     hot: CachePadded<HotCounters>,
     routed_total: AtomicU64,
     breaker: AtomicU8,
-    probe_taken: AtomicBool,
+    /// Half-open probes in flight, and how many may be.
+    probes_taken: AtomicU32,
+    probe_limit: AtomicU32,
     consecutive_failures: AtomicU32,
     /// KV capacity the agent last reported (0: none), which outranks the declared one.
     reported_kv_tokens: AtomicU64,
@@ -386,7 +388,8 @@ impl NodeLive {
             hot: CachePadded::new(HotCounters::default()),
             routed_total: AtomicU64::new(0),
             breaker: AtomicU8::new(BreakerState::Closed as u8),
-            probe_taken: AtomicBool::new(false),
+            probes_taken: AtomicU32::new(0),
+            probe_limit: AtomicU32::new(1),
             consecutive_failures: AtomicU32::new(0),
             reported_kv_tokens: AtomicU64::new(0),
             prompt_tokens_total: AtomicU64::new(0),
@@ -511,18 +514,32 @@ impl NodeLive {
         BreakerState::from_u8(self.breaker.load(Ordering::Acquire))
     }
 
-    pub(crate) fn set_breaker(&self, state: BreakerState) {
-        self.probe_taken.store(false, Ordering::Release);
+    /// Sets the state; half-open lets `probes` requests through (at least 1).
+    pub(crate) fn set_breaker(&self, state: BreakerState, probes: u32) {
+        self.probes_taken.store(0, Ordering::Release);
+        self.probe_limit.store(probes.max(1), Ordering::Release);
         self.breaker.store(state as u8, Ordering::Release);
     }
 
     pub(crate) fn probe_available(&self) -> bool {
-        !self.probe_taken.load(Ordering::Acquire)
+        self.probes_taken.load(Ordering::Acquire) < self.probe_limit.load(Ordering::Acquire)
     }
 
-    /// Claims the single half-open probe; false when another request has it.
+    /// Claims one of the half-open probes; false when all are taken.
     pub(crate) fn take_probe(&self) -> bool {
-        !self.probe_taken.swap(true, Ordering::AcqRel)
+        let limit = self.probe_limit.load(Ordering::Acquire);
+        self.probes_taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// A probe claimed by a request that was not routed after all.
+    pub(crate) fn give_back_probe(&self) {
+        let _ = self
+            .probes_taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Returns the node's consecutive failures after this outcome.

@@ -293,15 +293,27 @@ impl Router {
         Ok(())
     }
 
-    /// Sets a node's breaker state; returns the previous one.
+    /// Sets a node's breaker state; returns the previous one. Half-open lets one probe
+    /// request through ([`Router::set_breaker_state_with_probes`] for more).
     pub fn set_breaker_state(
         &self,
         node_id: &str,
         state: BreakerState,
     ) -> CoreResult<BreakerState> {
+        self.set_breaker_state_with_probes(node_id, state, 1)
+    }
+
+    /// As [`Router::set_breaker_state`]; half-open lets `probes` requests through at once
+    /// (a recovering node then serves more than one client while it proves itself).
+    pub fn set_breaker_state_with_probes(
+        &self,
+        node_id: &str,
+        state: BreakerState,
+        probes: u32,
+    ) -> CoreResult<BreakerState> {
         let node = self.table.get(node_id)?;
         let previous = node.live.breaker();
-        node.live.set_breaker(state);
+        node.live.set_breaker(state, probes);
         Ok(previous)
     }
 
@@ -372,7 +384,7 @@ impl Router {
             chosen.live.release();
             chosen.live.release_prefill(prefill_tokens, now);
             if probe {
-                chosen.live.set_breaker(BreakerState::HalfOpen);
+                chosen.live.give_back_probe();
             }
             return Err(duplicate);
         }

@@ -163,6 +163,30 @@ fn breaker_open_is_skipped_and_half_open_lets_one_probe_through() {
 }
 
 #[test]
+fn half_open_admits_as_many_probes_as_set() {
+    let router = router(&["a"], with_policy("round_robin"));
+    router
+        .set_breaker_state_with_probes("a", BreakerState::HalfOpen, 3)
+        .unwrap();
+    let probes: Vec<bool> = (0..3)
+        .map(|i| {
+            route_with_id(&router, Prompt::Empty, &format!("p{i}"));
+            let done = router.complete(&format!("p{i}"), Outcome::Ok, None, 0, 0);
+            done.unwrap().unwrap().was_probe
+        })
+        .collect();
+    assert_eq!(probes, [true, true, true]);
+    assert!(router.route(&RouteRequest::text("fourth")).is_err());
+    // A new half-open period counts its probes afresh.
+    router
+        .set_breaker_state_with_probes("a", BreakerState::HalfOpen, 2)
+        .unwrap();
+    route_with_id(&router, Prompt::Empty, "q0");
+    route_with_id(&router, Prompt::Empty, "q1");
+    assert!(router.route(&RouteRequest::text("q2")).is_err());
+}
+
+#[test]
 fn prefix_is_matched_and_forgotten_with_its_node() {
     let config = RouterConfig {
         char_block_size: 4,

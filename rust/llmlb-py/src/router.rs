@@ -346,10 +346,15 @@ impl Router {
         self.inner.remote_in_flight_total()
     }
 
-    /// Sets "closed", "open" or "half_open"; returns the previous state.
-    fn set_breaker_state(&self, node_id: &str, state: &str) -> PyResult<&'static str> {
+    /// Sets "closed", "open" or "half_open" (letting `probes` requests through at once);
+    /// returns the previous state.
+    #[pyo3(signature = (node_id, state, *, probes = 1))]
+    fn set_breaker_state(&self, node_id: &str, state: &str, probes: u32) -> PyResult<&'static str> {
         let state = core::BreakerState::parse(state).py_err()?;
-        let previous = self.inner.set_breaker_state(node_id, state).py_err()?;
+        let previous = self
+            .inner
+            .set_breaker_state_with_probes(node_id, state, probes)
+            .py_err()?;
         Ok(previous.as_str())
     }
 
