@@ -57,6 +57,20 @@ counter = 0
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 """
+
+
+def sse_request(delay_ms: int) -> str:
+    """A streamed completion; the backend waits ``delay_ms`` between chunks."""
+    return """
+request = function()
+  counter = counter + 1
+  local body = '{"model":"MODEL","max_tokens":50,"stream":true,"user":"delay-DELAY",' ..
+    '"prompt":"Tell me story number ' .. counter .. '"}'
+  return wrk.format(nil, "/v1/completions", nil, body)
+end
+""".replace("DELAY", str(delay_ms))
+
+
 # Each workload: the wrk request function, and the connection counts it runs at.
 WORKLOADS: dict[str, tuple[str, tuple[int, ...]]] = {
     "short": (
@@ -85,28 +99,8 @@ end
 """,
         (1, 8, 64),
     ),
-    "sse": (
-        """
-request = function()
-  counter = counter + 1
-  local body = '{"model":"MODEL","max_tokens":50,"stream":true,"user":"delay-0",' ..
-    '"prompt":"Tell me story number ' .. counter .. '"}'
-  return wrk.format(nil, "/v1/completions", nil, body)
-end
-""",
-        (8, 64),
-    ),
-    "sse-2ms": (
-        """
-request = function()
-  counter = counter + 1
-  local body = '{"model":"MODEL","max_tokens":50,"stream":true,"user":"delay-2",' ..
-    '"prompt":"Tell me story number ' .. counter .. '"}'
-  return wrk.format(nil, "/v1/completions", nil, body)
-end
-""",
-        (64,),
-    ),
+    "sse": (sse_request(delay_ms=0), (8, 64)),
+    "sse-2ms": (sse_request(delay_ms=2), (64,)),
 }
 
 
@@ -456,16 +450,38 @@ def profile(pid: int, url: str, args: argparse.Namespace, script: Path) -> dict[
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    threads_before = thread_cpu_seconds(pid)
     requests = run_wrk(url, 8, seconds, script)["requests_per_s"] * seconds
+    threads_after = thread_cpu_seconds(pid)
     record.send_signal(2)  # SIGINT: perf writes its file and exits
     record.wait(timeout=30)  # its exit status after SIGINT varies
     if not data.exists() or data.stat().st_size == 0:
         return {"error": "perf record failed (needs perf_event_open permission)"}
+    busy = {
+        f"{name} {tid}": round(spent - threads_before.get((name, tid), 0.0), 2)
+        for (name, tid), spent in threads_after.items()
+    }
     return {
         "requests": requests,
+        "seconds": seconds,
+        # CPU seconds of each thread of the process during the run (both cores in use?).
+        "thread_cpu_s": {k: v for k, v in sorted(busy.items()) if v > 0},
         "self_time_percent_by_binary": perf_report(data, "dso", 8),
         "self_time_percent_by_symbol": perf_report(data, "sym", 25),
     }
+
+
+def thread_cpu_seconds(pid: int) -> dict[tuple[str, int], float]:
+    """User + system CPU of each thread of ``pid``, by (thread name, thread id)."""
+    spent = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        spent[(name, int(task.name))] = (int(fields[11]) + int(fields[12])) / TICKS
+    return spent
 
 
 def perf_report(data: Path, sort: str, top: int) -> dict[str, float]:

@@ -187,18 +187,19 @@ fn relay(
             let mut meter = ResponseMeter::default();
             meter.feed_whole(&body);
             slot.complete(Outcome::Ok, None, Some(&meter));
-            respond(parts, &slot, ProxyBody::whole(body))
+            respond(head_of(&parts, &slot), ProxyBody::whole(body))
         }
         FirstBytes::Stream(parts, first, upstream) => {
+            let head = head_of(&parts, &slot);
             let idle = shared.settings.request_timeout;
-            let (head, _) = respond(parts, &slot, ProxyBody::Whole(None)).into_parts();
             let relay = RelayBody::new(slot, first, upstream, sent_at, idle);
-            Response::from_parts(head, ProxyBody::Relay(Box::new(relay)))
+            respond(head, ProxyBody::Relay(Box::new(relay)))
         }
     }
 }
 
-fn respond(parts: http::response::Parts, slot: &Slot, body: ProxyBody) -> Response<ProxyBody> {
+/// The backend's status and end-to-end headers, plus which node and request id.
+fn head_of(parts: &http::response::Parts, slot: &Slot) -> (http::StatusCode, HeaderMap) {
     let mut headers = end_to_end(&parts.headers);
     if let Ok(node) = HeaderValue::from_str(&slot.node_id) {
         headers.insert(NODE_HEADER, node);
@@ -206,8 +207,15 @@ fn respond(parts: http::response::Parts, slot: &Slot, body: ProxyBody) -> Respon
     if let Ok(id) = HeaderValue::from_str(&slot.request_id) {
         headers.insert(REQUEST_ID_HEADER, id);
     }
+    (parts.status, headers)
+}
+
+fn respond(
+    (status, headers): (http::StatusCode, HeaderMap),
+    body: ProxyBody,
+) -> Response<ProxyBody> {
     let mut response = Response::new(body);
-    *response.status_mut() = parts.status;
+    *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
 }

@@ -58,31 +58,55 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::
     let _ = tokio::time::timeout(STOP_GRACE, graceful.shutdown()).await;
 }
 
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Completion,
+    Models,
+    Health,
+    /// A completion path with another method than POST.
+    WrongMethod,
+    Unknown,
+}
+
+impl Endpoint {
+    fn of(method: &Method, path: &str) -> Self {
+        match (method, path) {
+            (&Method::POST, CHAT_PATH | COMPLETIONS_PATH) => Endpoint::Completion,
+            (_, CHAT_PATH | COMPLETIONS_PATH) => Endpoint::WrongMethod,
+            (&Method::GET, "/v1/models") => Endpoint::Models,
+            (&Method::GET, "/health") => Endpoint::Health,
+            _ => Endpoint::Unknown,
+        }
+    }
+}
+
 async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let path = request.uri().path().to_owned();
-    let api_key = match path.as_str() {
-        "/health" => Ok(None), // probes carry no key
+    let endpoint = Endpoint::of(request.method(), request.uri().path());
+    let api_key = match endpoint {
+        Endpoint::Health => Ok(None), // probes carry no key
         _ => authorize(&shared, &request),
     };
-    let answer = match (request.method().clone(), path.as_str(), api_key) {
-        (_, _, Err(refused)) => {
+    let answer = match (endpoint, api_key) {
+        (_, Err(refused)) => {
             // Read what the client sends, so that its connection stays usable.
             let _ = read_body(request.into_body(), shared.settings.max_body_bytes).await;
             Err(refused)
         }
-        (Method::POST, CHAT_PATH | COMPLETIONS_PATH, Ok(api_key)) => {
-            completion(&shared, peer, api_key, request).await
-        }
-        (method, CHAT_PATH | COMPLETIONS_PATH, _) => {
-            Err(ProxyError::method_not_allowed(method.as_str(), &path))
-        }
-        (Method::GET, "/v1/models", _) => models(&shared).await,
-        (Method::GET, "/health", _) => Ok(health(&shared)),
-        (method, path, _) => Err(ProxyError::unknown_endpoint(method.as_str(), path)),
+        (Endpoint::Completion, Ok(api_key)) => completion(&shared, peer, api_key, request).await,
+        (Endpoint::Models, _) => models(&shared).await,
+        (Endpoint::Health, _) => Ok(health(&shared)),
+        (Endpoint::WrongMethod, _) => Err(ProxyError::method_not_allowed(
+            request.method().as_str(),
+            request.uri().path(),
+        )),
+        (Endpoint::Unknown, _) => Err(ProxyError::unknown_endpoint(
+            request.method().as_str(),
+            request.uri().path(),
+        )),
     };
     Ok(answer.unwrap_or_else(|error| {
         let mut response = json_response(error.status, error.body());
