@@ -70,7 +70,7 @@ def core_router_calls(path: Path) -> list[str]:
 
 def test_the_scan_sees_the_transports_and_a_planted_call(tmp_path: Path) -> None:
     names = {path.name for path in TRANSPORTS}
-    assert {"grpc_api.py", "ext_proc.py", "routing_key.py", "app.py", "server.py"} <= names
+    assert {"grpc_api.py", "routing_key.py", "app.py", "server.py"} <= names
     planted = tmp_path / "planted.py"
     planted.write_text(
         "from llmlb_fast import Router\n"

@@ -1,5 +1,7 @@
-"""The Envoy ext_proc endpoint picker, driven over loopback gRPC by a client speaking the
-Envoy protocol (the message sequence Envoy sends with a BUFFERED request body)."""
+"""The Envoy ext_proc endpoint picker (Rust, on the service's data path), driven over
+loopback gRPC by a client speaking the Envoy protocol: the message sequences Envoy sends
+with a BUFFERED request body and, as the Gateway API Inference Extension configures it,
+FULL_DUPLEX_STREAMED bodies. tests/test_envoy.py runs it behind a real Envoy."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-from google.protobuf import json_format
-from llmlb_fast import Node, Router, RouterConfig
-from llmlb_fast.transports.ext_proc import EndpointPicker, add_to_server
-from llmlb_fast.transports.proxy import ProxySettings
+from google.protobuf import json_format, struct_pb2
+from llmlb_fast import Completion, Node, Router, RouterConfig
+from llmlb_fast.config import ServiceConfig
+from llmlb_fast.transports.proxy import ProxyServer, ProxySettings
 from proxy_backends import sse_chunks
 from service_harness import RecordingService
 
@@ -72,8 +75,15 @@ class Envoy:
             yield message
 
     async def send(self, message: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        await self.push(message)
+        return await self.read()
+
+    async def push(self, message: pb.ProcessingRequest) -> None:
+        """Sends without waiting for an answer (full duplex: Envoy streams on)."""
         await self._outbox.put(message)
-        response: pb.ProcessingResponse = await self._call.read()
+
+    async def read(self) -> pb.ProcessingResponse:
+        response: pb.ProcessingResponse = await asyncio.wait_for(self._call.read(), 5)
         return response
 
     async def close(self) -> None:
@@ -90,24 +100,30 @@ class Picker:
         policy: str = "llmlb",
         settings: ProxySettings | None = None,
         nodes: list[Node] | None = None,
+        config: ServiceConfig | None = None,
     ) -> None:
         self.router = Router(RouterConfig(policy=policy), NODES if nodes is None else nodes)
-        self.service = RecordingService(self.router)
-        self.completions = self.service.completions
-        self.picker = EndpointPicker(self.service, settings)
+        self.service = RecordingService(self.router, config)
+        self.picker = ProxyServer(self.service, settings)
+
+    @property
+    def completions(self) -> list[Completion]:
+        self.picker.flush()  # the data path hands completions over in batches
+        return self.service.completions
+
+    def route_errors(self, transport: str, error: str) -> float:
+        self.picker.flush()
+        return self.service.route_errors(transport, error)
 
     async def __aenter__(self) -> Picker:
-        self.server = grpc.aio.server()
-        add_to_server(self.picker, self.server)
-        port = self.server.add_insecure_port("127.0.0.1:0")
-        await self.server.start()
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        await self.picker.start(http=False, ext_proc=("127.0.0.1", 0))
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.picker.ext_proc_port}")
         self.stub = pb_grpc.ExternalProcessorStub(self.channel)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.channel.close()
-        await self.server.stop(None)
+        await self.picker.stop()
         if exc[0] is None:
             assert self.router.in_flight_total == 0
 
@@ -245,7 +261,7 @@ def test_upstream_status_sets_the_outcome() -> None:
                 await envoy.send(response_body(b'{"error":{}}', end=True))
                 await envoy.close()
             assert [c.outcome for c in p.completions] == ["error", "timeout", "ok"]
-            assert len(p.service.timed_out_nodes) == 1
+            assert [c.outcome for c in p.completions].count("timeout") == 1
 
     run(scenario)
 
@@ -302,7 +318,7 @@ def test_draining_service_answers_unavailable_and_counts_the_refusal() -> None:
             assert "draining" in json.loads(reply.immediate_response.body)["error"]["message"]
             await envoy.close()
             assert p.router.in_flight_total == 0
-            assert p.service.route_errors("ext_proc", "draining") == 1
+            assert p.route_errors("ext_proc", "draining") == 1
 
     run(scenario)
 
@@ -321,8 +337,210 @@ def test_route_errors_are_counted_by_kind() -> None:
             reply = await envoy.send(request_body(CHAT))
             assert reply.immediate_response.status.code == 503
             await envoy.close()
-            assert p.service.route_errors("ext_proc", "unknown_model") == 1
-            assert p.service.route_errors("ext_proc", "no_available_node") == 1
-            assert p.service.route_errors("proxy", "unknown_model") == 0
+            assert p.route_errors("ext_proc", "unknown_model") == 1
+            assert p.route_errors("ext_proc", "no_available_node") == 1
+            assert p.route_errors("proxy", "unknown_model") == 0
+
+    run(scenario)
+
+
+# --- FULL_DUPLEX_STREAMED, the Gateway API Inference Extension's stock mode -------------
+
+DUPLEX = pb.ProtocolConfiguration(
+    request_body_mode=ProcessingMode.FULL_DUPLEX_STREAMED,
+    response_body_mode=ProcessingMode.FULL_DUPLEX_STREAMED,
+)
+
+
+def duplex_headers(**extra: str) -> pb.ProcessingRequest:
+    message = request_headers(**extra)
+    message.protocol_config.CopyFrom(DUPLEX)  # only the first message carries it
+    return message
+
+
+def streamed_body(message: pb.BodyResponse | pb.CommonResponse) -> tuple[bytes, bool]:
+    common = message.response if isinstance(message, pb.BodyResponse) else message
+    streamed = common.body_mutation.streamed_response
+    assert common.body_mutation.WhichOneof("mutation") == "streamed_response"
+    return streamed.body, streamed.end_of_stream
+
+
+async def duplex_request(
+    envoy: Envoy, raw: bytes, trailers: bool = False
+) -> list[pb.ProcessingResponse]:
+    """Headers, the body in two chunks and then an empty last one (as Envoy 1.40 sends
+    an HTTP/1.1 body), or trailers to end it; returns every answer until the last."""
+    await envoy.push(duplex_headers())
+    half = len(raw) // 2
+    await envoy.push(pb.ProcessingRequest(request_body=pb.HttpBody(body=raw[:half])))
+    await envoy.push(pb.ProcessingRequest(request_body=pb.HttpBody(body=raw[half:])))
+    if trailers:
+        await envoy.push(pb.ProcessingRequest(request_trailers=pb.HttpTrailers()))
+    else:
+        await envoy.push(pb.ProcessingRequest(request_body=pb.HttpBody(end_of_stream=True)))
+    answers = [await envoy.read()]
+    while answers[-1].WhichOneof("response") != ("request_trailers" if trailers else "x"):
+        kind = answers[-1].WhichOneof("response")
+        if kind == "immediate_response":
+            break
+        if kind == "request_body" and not trailers and streamed_body(answers[-1].request_body)[1]:
+            break
+        answers.append(await envoy.read())
+    return answers
+
+
+def test_full_duplex_answers_headers_then_the_body_given_back_and_echoes_the_response() -> None:
+    async def scenario() -> None:
+        async with Picker() as p:
+            envoy = Envoy(p.stub)
+            raw = json.dumps(CHAT).encode()
+            headers, *bodies = await duplex_request(envoy, raw)
+            assert headers.WhichOneof("response") == "request_headers"
+            common = headers.request_headers.response
+            assert common.clear_route_cache
+            set_headers = mutation(common)
+            node = set_headers["x-llmlb-node"]
+            assert set_headers["x-gateway-destination-endpoint"] == ENDPOINTS[node]
+            assert set_headers["content-length"] == str(len(raw))
+            metadata = json_format.MessageToDict(headers.dynamic_metadata)
+            assert metadata == {"envoy.lb": {"x-gateway-destination-endpoint": ENDPOINTS[node]}}
+            given_back = [streamed_body(b.request_body) for b in bodies]
+            assert b"".join(body for body, _ in given_back) == raw
+            assert [end for _, end in given_back] == [False] * (len(given_back) - 1) + [True]
+            assert p.router.in_flight_total == 1
+
+            await envoy.send(response_headers(200))
+            chunks = sse_chunks(3)
+            for chunk in chunks:
+                echoed = await envoy.send(response_body(chunk))
+                assert streamed_body(echoed.response_body) == (chunk, False)
+            last = await envoy.send(response_body(b"", end=True))
+            assert streamed_body(last.response_body) == (b"", True)
+            assert p.router.in_flight_total == 0
+            await envoy.close()
+            [done] = p.completions
+            assert (done.node_id, done.outcome) == (node, "ok")
+            assert p.router.node_stats(node)["tokens_out"] == 3
+
+    run(scenario)
+
+
+def test_full_duplex_request_ended_by_trailers() -> None:
+    async def scenario() -> None:
+        async with Picker() as p:
+            envoy = Envoy(p.stub)
+            raw = json.dumps(CHAT).encode()
+            answers = await duplex_request(envoy, raw, trailers=True)
+            kinds = [a.WhichOneof("response") for a in answers]
+            assert kinds[0] == "request_headers" and kinds[-1] == "request_trailers"
+            assert set(kinds[1:-1]) == {"request_body"}
+            given_back = [streamed_body(a.request_body) for a in answers[1:-1]]
+            assert b"".join(body for body, _ in given_back) == raw
+            assert not any(end for _, end in given_back)  # the trailers end the stream
+            await envoy.send(response_headers(200, "application/json"))
+            await envoy.send(response_body(b'{"usage":{"completion_tokens":7}}', end=True))
+            await envoy.close()
+            [done] = p.completions
+            assert done.outcome == "ok"
+            assert p.router.node_stats(done.node_id)["tokens_out"] == 7
+
+    run(scenario)
+
+
+def test_full_duplex_long_body_is_given_back_in_chunks_envoy_accepts() -> None:
+    async def scenario() -> None:
+        async with Picker() as p:
+            long_chat = {**CHAT, "messages": [{"role": "user", "content": "x" * 150_000}]}
+            raw = json.dumps(long_chat).encode()
+            envoy = Envoy(p.stub)
+            _, *bodies = await duplex_request(envoy, raw)
+            sizes = [len(streamed_body(b.request_body)[0]) for b in bodies]
+            assert len(sizes) == 3 and max(sizes) <= 62_000 and sum(sizes) == len(raw)
+            await envoy.close()
+
+    run(scenario)
+
+
+def test_full_duplex_bad_body_gets_an_immediate_error_and_no_slot() -> None:
+    async def scenario() -> None:
+        async with Picker() as p:
+            envoy = Envoy(p.stub)
+            [answer] = await duplex_request(envoy, b"{not json")
+            assert answer.immediate_response.status.code == 400
+            await envoy.close()
+            assert p.router.in_flight_total == 0 and p.completions == []
+
+    run(scenario)
+
+
+def subset_hint(*endpoints: str) -> base_pb2.Metadata:
+    hint = struct_pb2.Struct()
+    hint.update({"x-gateway-destination-endpoint-subset": list(endpoints)})
+    return base_pb2.Metadata(filter_metadata={"envoy.lb.subset_hint": hint})
+
+
+def test_subset_hint_limits_the_endpoints_and_an_empty_match_is_a_503() -> None:
+    async def scenario() -> None:
+        async with Picker(policy="round_robin") as p:
+            for _ in range(4):
+                envoy = Envoy(p.stub)
+                message = request_headers()
+                message.metadata_context.CopyFrom(subset_hint(ENDPOINTS["b"]))
+                await envoy.send(message)
+                reply = await envoy.send(request_body(CHAT))
+                assert mutation(reply.request_body.response)["x-llmlb-node"] == "b"
+                await envoy.close()
+            for subset in ((), ("10.9.9.9:1",)):
+                envoy = Envoy(p.stub)
+                message = request_headers()
+                message.metadata_context.CopyFrom(subset_hint(*subset))
+                await envoy.send(message)
+                reply = await envoy.send(request_body(CHAT))
+                assert reply.immediate_response.status.code == 503
+                await envoy.close()
+            assert [c.node_id for c in p.completions] == ["b"] * 4
+            assert p.route_errors("ext_proc", "no_available_node") == 2
+
+    run(scenario)
+
+
+def test_fail_open_answers_without_a_destination_when_no_node_can_take_it() -> None:
+    async def scenario() -> None:
+        config = ServiceConfig.model_validate({"proxy": {"ext_proc": {"fail_open": True}}})
+        async with Picker(config=config) as p:
+            for node in ENDPOINTS:
+                p.router.set_breaker_state(node, "open")
+            envoy = Envoy(p.stub)
+            await envoy.send(request_headers())
+            reply = await envoy.send(request_body(CHAT))
+            assert reply.WhichOneof("response") == "request_body"
+            assert mutation(reply.request_body.response) == {}
+            assert not reply.HasField("dynamic_metadata")
+            await envoy.close()
+            assert p.route_errors("ext_proc", "no_available_node") == 1
+            p.service.drain()  # draining still says so (503), fail-open or not
+            envoy = Envoy(p.stub)
+            await envoy.send(request_headers())
+            reply = await envoy.send(request_body(CHAT))
+            assert reply.immediate_response.status.code == 503
+            await envoy.close()
+
+    run(scenario)
+
+
+def test_unsupported_body_mode_ends_the_stream_with_invalid_argument() -> None:
+    async def scenario() -> None:
+        async with Picker() as p:
+            envoy = Envoy(p.stub)
+            message = request_headers()
+            message.protocol_config.request_body_mode = ProcessingMode.STREAMED
+            await envoy.push(message)
+            try:
+                await envoy.read()
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "FULL_DUPLEX_STREAMED" in (error.details() or "")
+            else:
+                raise AssertionError("the stream should have failed")
 
     run(scenario)

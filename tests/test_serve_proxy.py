@@ -102,11 +102,13 @@ class Served:
 
 
 def ports_of(line: str) -> dict[str, int]:
-    """``llmlb serving on port 1; metrics port 2; proxy port 3`` -> their numbers."""
+    """``llmlb serving on port 1; metrics port 2; proxy port 3; ext_proc port None`` ->
+    the numbers of those that listen."""
     ports = {}
     for part in line.split(";"):
         words = part.split()
-        ports["grpc" if "serving" in words else words[0]] = int(words[-1])
+        if words[-1].isdigit():
+            ports["grpc" if "serving" in words else words[0]] = int(words[-1])
     return ports
 
 

@@ -542,13 +542,14 @@ class ResponseMeter:
 
 _ProxyEvent = tuple[object, ...]
 """("routed", policy, reason, seconds, canary, RouteDecision | None, api_key | None),
-("refused", kind),
+("refused", transport, kind),
 ("first_token", request_id), ("completed", Completion, ttft_s | None),
 ("tokenizer_fallback", model)."""
 
 @final
 class HttpProxy:
-    """The Rust HTTP proxy on a router's core (its own tokio runtime)."""
+    """The Rust data path on a router's core (its own tokio runtime): the HTTP proxy and
+    the Envoy ext_proc endpoint picker."""
 
     def __new__(
         cls,
@@ -567,7 +568,12 @@ class HttpProxy:
         worker_threads: int = 0,
         tokenizer: object | None = None,
     ) -> HttpProxy: ...
-    def start(self, host: str, port: int) -> int: ...
+    def start(
+        self,
+        *,
+        http: tuple[str, int] | None = None,
+        ext_proc: tuple[str, int] | None = None,
+    ) -> None: ...
     def stop(self) -> None: ...
     def set_control(
         self,
@@ -581,12 +587,15 @@ class HttpProxy:
         max_in_flight: int | None = None,
         queue_size: int = 0,
         queue_timeout_s: float = 5.0,
+        ext_proc_fail_open: bool = False,
     ) -> None: ...
     def migrate(self, node_id: str, request_ids: Sequence[str] | None = None) -> list[str]: ...
     def wait_events(self, timeout_s: float) -> bool: ...
     def take_events(self) -> list[_ProxyEvent]: ...
     @property
     def port(self) -> int | None: ...
+    @property
+    def ext_proc_port(self) -> int | None: ...
     @property
     def waiting_attempts(self) -> int: ...
     @property

@@ -250,8 +250,21 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 class ExtProcConfig(_Strict):
-    # Envoy ext_proc endpoint picker on the gRPC port (server.listen).
+    """The Envoy ext_proc endpoint picker (Rust, tonic), on its own port."""
+
     enabled: bool = False
+    # Plaintext gRPC (h2c), what Envoy's ext_proc filter connects to.
+    listen: str = "127.0.0.1:9002"
+    # With no node able to take a request: answer without a destination, so that
+    # Envoy's own load balancing takes it (a fallback route), instead of a 503.
+    # Reloadable.
+    fail_open: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str) -> str:
+        split_listen(listen)
+        return listen
 
 
 class ApiKeyConfig(_Strict):
@@ -308,7 +321,7 @@ class AdmissionConfig(_Strict):
 
 class ProxyConfig(_Strict):
     """The traffic controller. Read at start only (a restart applies changes), except
-    ``api_keys`` and ``admission``, which a reload replaces."""
+    ``api_keys``, ``admission`` and ``ext_proc.fail_open``, which a reload replaces."""
 
     # The OpenAI-compatible HTTP proxy; nodes' ``address`` is the backend base URL.
     enabled: bool = False

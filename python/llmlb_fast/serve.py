@@ -44,9 +44,10 @@ async def serve(config_path: str, listen: str | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    ext_proc = "" if server.ext_proc_port is None else f"; ext_proc port {server.ext_proc_port}"
     print(
         f"llmlb serving on port {server.port}; metrics port {server.metrics_port}; "
-        f"proxy port {server.proxy_port}",
+        f"proxy port {server.proxy_port}{ext_proc}",
         flush=True,
     )
     await stop.wait()

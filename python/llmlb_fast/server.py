@@ -1,8 +1,8 @@
 """The ``llmlb serve`` process: one routing service and the transports in front of it.
 
-The gRPC server carries the ``llmlb.v1`` Router API, health, reflection and (when
-enabled) the Envoy ext_proc picker; the HTTP proxy and ``/metrics`` listen on their own
-ports; the config file is watched for hot reload. Every transport goes through the
+The gRPC server carries the ``llmlb.v1`` Router API, health and reflection; the Rust
+data path (the HTTP proxy and the Envoy ext_proc picker) and ``/metrics`` listen on
+their own ports; the config file is watched for hot reload. Every transport goes through the
 same :class:`~llmlb_fast.service.routing.RoutingService`.
 """
 
@@ -22,14 +22,12 @@ from llmlb_fast.config import ServiceConfig, split_listen
 from llmlb_fast.service.events import BREAKER_OPENED, Event
 from llmlb_fast.service.reload import ConfigWatcher
 from llmlb_fast.service.routing import RoutingService
-from llmlb_fast.transports.ext_proc import EndpointPicker, add_to_server
 from llmlb_fast.transports.grpc_api import RouterServicer
 from llmlb_fast.transports.proxy import ProxyServer, proxy_settings
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Router"].full_name
-EXT_PROC_SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 DRAIN_POLL_S = 0.05
 WARM_POLL_S = 0.05
 
@@ -62,20 +60,17 @@ class RoutingServer:
         pb_grpc.add_RouterServicer_to_server(RouterServicer(self.service), self.server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         settings = proxy_settings(config.proxy)
-        self.proxy = ProxyServer(self.service, settings) if config.proxy.enabled else None
+        data_path = config.proxy.enabled or config.proxy.ext_proc.enabled
+        self.proxy = ProxyServer(self.service, settings) if data_path else None
         if self.proxy is not None:
             self.service.bus.add_listener(self._migrate_on_breaker_open)
-        self.picker: EndpointPicker | None = None
         services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        if config.proxy.ext_proc.enabled:
-            self.picker = EndpointPicker(self.service, settings)
-            add_to_server(self.picker, self.server)
-            services.append(EXT_PROC_SERVICE_NAME)
         reflection.enable_server_reflection(services, self.server)
         self.watcher: ConfigWatcher | None = None
         self.port = 0
         self.metrics_port: int | None = None
         self.proxy_port: int | None = None
+        self.ext_proc_port: int | None = None
         self._warming: asyncio.Task[None] | None = None
 
     async def start(self, handle_sighup: bool = True) -> None:
@@ -90,7 +85,13 @@ class RoutingServer:
         await self.server.start()
         self.service.start()
         if self.proxy is not None:
-            self.proxy_port = await self.proxy.start(*split_listen(self.config.proxy.listen))
+            proxy = self.config.proxy
+            ext_proc = split_listen(proxy.ext_proc.listen) if proxy.ext_proc.enabled else None
+            http_port = await self.proxy.start(
+                *split_listen(proxy.listen), http=proxy.enabled, ext_proc=ext_proc
+            )
+            self.proxy_port = http_port if proxy.enabled else None
+            self.ext_proc_port = self.proxy.ext_proc_port
         server = self.config.server
         if server.metrics_port is not None:
             self.metrics_port = self.service.telemetry.serve_http(
@@ -110,12 +111,13 @@ class RoutingServer:
             await self._set_health(serving=False)
             self._warming = asyncio.get_running_loop().create_task(self._serve_when_warm())
         log.info(
-            "llmlb router serving on port %d (%s), metrics port %s, proxy port %s%s",
+            "llmlb router serving on port %d (%s), metrics port %s, proxy port %s, "
+            "ext_proc port %s",
             self.port,
             "TLS" if credentials else "plaintext",
             self.metrics_port,
             self.proxy_port,
-            ", ext_proc on the gRPC port" if self.picker is not None else "",
+            self.ext_proc_port,
         )
 
     async def _set_health(self, serving: bool) -> None:

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from llmlb_fast import errors
 from llmlb_fast._core import Completion, Node, NodeStatus, RouteDecision, Router
@@ -374,8 +374,13 @@ class RoutingService:
             exclude={"auth_token"}
         ):
             notes.append("server settings other than auth_token need a restart")
-        if new.proxy.model_dump(exclude={"api_keys"}) != old.proxy.model_dump(exclude={"api_keys"}):
-            notes.append("proxy settings other than api_keys need a restart")
+        reloadable: dict[str, Any] = {
+            "api_keys": True,
+            "admission": True,
+            "ext_proc": {"fail_open"},
+        }
+        if new.proxy.model_dump(exclude=reloadable) != old.proxy.model_dump(exclude=reloadable):
+            notes.append("proxy settings other than api_keys, admission, fail_open need a restart")
         if new.replicas != old.replicas:
             notes.append("replicas settings need a restart")
         for note in notes:

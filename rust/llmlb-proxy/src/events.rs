@@ -7,6 +7,22 @@ use std::time::Duration;
 use llmlb_core::{Completion, PolicyKind, RouteDecision};
 use parking_lot::{Condvar, Mutex};
 
+/// Which front door saw a request (metrics label them apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Proxy,
+    ExtProc,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Proxy => "proxy",
+            Transport::ExtProc => "ext_proc",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum ProxyEvent {
     Routed {
@@ -20,7 +36,10 @@ pub enum ProxyEvent {
         api_key: Option<Arc<str>>,
     },
     /// A request refused before or by routing (`kind`: the route-error label).
-    Refused { kind: &'static str },
+    Refused {
+        transport: Transport,
+        kind: &'static str,
+    },
     /// Only with `Control::share_decisions` (the router itself already knows).
     FirstToken { request_id: String },
     Completed {

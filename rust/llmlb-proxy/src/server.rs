@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::admission::Permit;
 use crate::catalog::ModelCatalog;
 use crate::error::ProxyError;
+use crate::events::Transport;
 use crate::forward::{forward, Outgoing, SESSION_HEADER};
 use crate::relay::ProxyBody;
 use crate::routing_key::{routing_key, CHAT_PATH, COMPLETIONS_PATH};
@@ -141,7 +142,7 @@ fn authorize(
         .load()
         .authorize(authorization)
         .map_err(|_: Unauthorized| {
-            shared.refuse("unauthorized");
+            shared.refuse(Transport::Proxy, "unauthorized");
             ProxyError::invalid_api_key()
         })
 }
@@ -158,7 +159,7 @@ async fn admit(shared: &Shared, holder: Option<&KeyHolder>) -> Result<Permit, Pr
         Err(shed) => Err(shed),
     };
     admitted.map_err(|(kind, error)| {
-        shared.refuse(kind);
+        shared.refuse(Transport::Proxy, kind);
         error
     })
 }
@@ -177,7 +178,7 @@ async fn completion(
     let path = parts.uri.path();
     let key = routing_key(path, &raw)?;
     if ModelCatalog::knows(shared, &key.model).await == Some(false) {
-        shared.refuse("unknown_model");
+        shared.refuse(Transport::Proxy, "unknown_model");
         return Err(ProxyError::unknown_model(&key.model));
     }
     let key = shared.engine_tokens(key).await;
@@ -197,6 +198,7 @@ async fn completion(
         client: Client {
             session_id,
             api_key,
+            transport: Transport::Proxy,
         },
         body: raw,
     };

@@ -96,6 +96,9 @@ pub struct Control {
     /// Client keys (`Authorization: Bearer KEY`); empty: the proxy is open.
     pub api_keys: Vec<ApiKey>,
     pub admission: AdmissionLimits,
+    /// ext_proc: with no node to pick, let Envoy's own load balancing take the request
+    /// (answer without a destination) instead of a 503.
+    pub ext_proc_fail_open: bool,
 }
 
 #[derive(Clone)]

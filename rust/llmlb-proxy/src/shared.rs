@@ -10,7 +10,7 @@ use llmlb_core::{CoreError, Outcome, Prompt, RouteDecision, RouteRequest, Router
 use crate::admission::Admission;
 use crate::catalog::ModelCatalog;
 use crate::error::ProxyError;
-use crate::events::{EventQueue, ProxyEvent};
+use crate::events::{EventQueue, ProxyEvent, Transport};
 use crate::metering::ResponseMeter;
 use crate::migration::MovableRequests;
 use crate::routing_key::RoutingKey;
@@ -18,10 +18,11 @@ use crate::settings::{Control, ProxySettings};
 use crate::tokenize::{EngineTokenizer, Tokenized};
 use crate::upstream::{self, UpstreamClient};
 
-/// Who sent a request: its session (canary stickiness) and API key name.
+/// Who sent a request: its session (canary stickiness), API key name and front door.
 pub struct Client<'a> {
     pub session_id: &'a str,
     pub api_key: Option<Arc<str>>,
+    pub transport: Transport,
 }
 
 pub struct Shared {
@@ -55,8 +56,8 @@ impl Shared {
         }
     }
 
-    pub fn refuse(&self, kind: &'static str) {
-        self.events.push(ProxyEvent::Refused { kind });
+    pub fn refuse(&self, transport: Transport, kind: &'static str) {
+        self.events.push(ProxyEvent::Refused { transport, kind });
     }
 
     /// Routes one attempt to a node not in `failed`; once the request has failed on
@@ -67,24 +68,35 @@ impl Shared {
         client: &Client<'_>,
         failed: &[Arc<str>],
     ) -> Result<Slot, ProxyError> {
+        self.route_within(key, client, failed, &[])
+    }
+
+    /// [`Shared::route`] never to a node in `outside` (a gateway's endpoint subset).
+    pub fn route_within(
+        self: &Arc<Self>,
+        key: &RoutingKey,
+        client: &Client<'_>,
+        failed: &[Arc<str>],
+        outside: &[Arc<str>],
+    ) -> Result<Slot, ProxyError> {
         let control = self.control.load();
         if control.draining {
-            self.refuse("draining");
+            self.refuse(client.transport, "draining");
             return Err(ProxyError::draining());
         }
         let policy = control
             .canary
             .and_then(|canary| canary.choose(client.session_id, fastrand::u64(..)));
         let started = Instant::now();
-        let mut routed = self.route_once(key, policy, failed);
+        let mut routed = self.route_once(key, policy, failed, outside);
         if !failed.is_empty() && matches!(routed, Err(CoreError::NoAvailableNode(_))) {
-            routed = self.route_once(key, policy, &[]);
+            routed = self.route_once(key, policy, &[], outside);
         }
         let seconds = started.elapsed().as_secs_f64();
         match routed {
             Err(error) => {
                 let (answer, kind) = ProxyError::from_route(&error, &key.model);
-                self.refuse(kind);
+                self.refuse(client.transport, kind);
                 Err(answer)
             }
             Ok(decision) => {
@@ -107,8 +119,9 @@ impl Shared {
         key: &RoutingKey,
         policy: Option<llmlb_core::PolicyKind>,
         failed: &[Arc<str>],
+        outside: &[Arc<str>],
     ) -> Result<RouteDecision, CoreError> {
-        let exclude: Vec<&str> = failed.iter().map(|id| &**id).collect();
+        let exclude: Vec<&str> = failed.iter().chain(outside).map(|id| &**id).collect();
         let prompt = match (&key.token_ids, &key.prompt) {
             (Some(ids), _) => Prompt::Tokens(ids),
             (None, Some(text)) => Prompt::Text(text),
@@ -118,7 +131,8 @@ impl Shared {
             prompt,
             request_id: None,
             expected_output_tokens: key.expected_output_tokens,
-            model: Some(&key.model),
+            // No model: a bodyless request an ext_proc picker routes at its headers.
+            model: (!key.model.is_empty()).then_some(key.model.as_str()),
             adapter: None,
             exclude: &exclude,
             policy,

@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use llmlb_core::{NodeSpec, Router, RouterConfig};
-use llmlb_proxy::{Control, Proxy, ProxyEvent, ProxySettings};
+use llmlb_proxy::{Control, Listen, Proxy, ProxyEvent, ProxySettings};
 use tokio::net::TcpListener;
 
 const CHUNKS: [&str; 3] = [
@@ -110,7 +110,12 @@ impl Fixture {
             ..ProxySettings::default()
         };
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let proxy = Proxy::start(router.clone(), settings, None, Control::default(), addr).unwrap();
+        let listen = Listen {
+            http: Some(addr),
+            ext_proc: None,
+        };
+        let proxy =
+            Proxy::start(router.clone(), settings, None, Control::default(), listen).unwrap();
         let client = Client::builder(TokioExecutor::new()).build_http();
         Fixture {
             router,
@@ -120,7 +125,7 @@ impl Fixture {
     }
 
     async fn post(&self, path: &str, body: &str) -> (u16, String, Option<String>) {
-        let uri = format!("http://{}{path}", self.proxy.local_addr);
+        let uri = format!("http://{}{path}", self.proxy.bound.http.unwrap());
         let request = Request::post(uri)
             .body(Full::new(Bytes::from(body.to_owned())))
             .unwrap();

@@ -1,4 +1,5 @@
-//! `HttpProxy`: the Rust HTTP proxy (`llmlb-proxy`) started and stopped from Python. It
+//! `HttpProxy`: the Rust data path (`llmlb-proxy`: the HTTP proxy and the Envoy ext_proc
+//! picker) started and stopped from Python. It
 //! shares the `Router` object's core; the service drains its events in batches and sets
 //! its control. No Python runs per request, except a model's tokenizer when configured.
 
@@ -10,7 +11,7 @@ use llmlb_core as core;
 use llmlb_proxy::admission::{AdmissionLimits, KeyRate};
 use llmlb_proxy::settings::ApiKey;
 use llmlb_proxy::{
-    Control, EngineTokenizer, Proxy, ProxyEvent, ProxySettings, RoutingKey, Tokenized,
+    Control, EngineTokenizer, Listen, Proxy, ProxyEvent, ProxySettings, RoutingKey, Tokenized,
 };
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -58,6 +59,14 @@ pub struct HttpProxy {
     proxy: parking_lot::Mutex<Option<Proxy>>,
 }
 
+fn resolve(host: &str, port: u16) -> PyResult<SocketAddr> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| PyOSError::new_err(format!("cannot resolve {host}: {e}")))?
+        .next()
+        .ok_or_else(|| PyOSError::new_err(format!("{host} resolves to no address")))
+}
+
 fn seconds(name: &str, value: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value).map_err(|_| {
         PyValueError::new_err(format!("{name} must be a non-negative number of seconds"))
@@ -65,6 +74,14 @@ fn seconds(name: &str, value: f64) -> PyResult<Duration> {
 }
 
 impl HttpProxy {
+    fn bound(&self) -> Listen {
+        let proxy = self.proxy.lock();
+        proxy
+            .as_ref()
+            .filter(|p| p.is_running())
+            .map_or_else(Listen::default, |p| p.bound)
+    }
+
     fn with_proxy<T>(&self, f: impl FnOnce(&Proxy) -> T) -> PyResult<T> {
         match &*self.proxy.lock() {
             Some(proxy) => Ok(f(proxy)),
@@ -131,13 +148,21 @@ impl HttpProxy {
         })
     }
 
-    /// Listens on host:port (0: an ephemeral port) and returns the bound port.
-    fn start(&self, py: Python<'_>, host: &str, port: u16) -> PyResult<u16> {
-        let addr: SocketAddr = (host, port)
-            .to_socket_addrs()
-            .map_err(|e| PyOSError::new_err(format!("cannot resolve {host}: {e}")))?
-            .next()
-            .ok_or_else(|| PyOSError::new_err(format!("{host} resolves to no address")))?;
+    /// Listens where asked (each a (host, port) pair, port 0: an ephemeral one; None:
+    /// that listener is off): the HTTP proxy and the Envoy ext_proc picker.
+    #[pyo3(signature = (*, http = None, ext_proc = None))]
+    fn start(
+        &self,
+        py: Python<'_>,
+        http: Option<(String, u16)>,
+        ext_proc: Option<(String, u16)>,
+    ) -> PyResult<()> {
+        let listen = Listen {
+            http: http.map(|(host, port)| resolve(&host, port)).transpose()?,
+            ext_proc: ext_proc
+                .map(|(host, port)| resolve(&host, port))
+                .transpose()?,
+        };
         // The lock is never held while the interpreter is released: a thread waiting
         // for it with the interpreter held would deadlock with us.
         if self.proxy.lock().as_ref().is_some_and(|p| p.is_running()) {
@@ -150,11 +175,10 @@ impl HttpProxy {
         );
         let control = self.control.lock().clone();
         let proxy = py
-            .detach(|| Proxy::start(router, settings, tokenizer, control, addr))
-            .map_err(|e| PyOSError::new_err(format!("cannot listen on {addr}: {e}")))?;
-        let bound = proxy.local_addr.port();
+            .detach(|| Proxy::start(router, settings, tokenizer, control, listen))
+            .map_err(|e| PyOSError::new_err(format!("cannot listen on {listen:?}: {e}")))?;
         *self.proxy.lock() = Some(proxy);
-        Ok(bound)
+        Ok(())
     }
 
     /// Stops listening; open responses get a second, then are cut (their requests are
@@ -180,6 +204,7 @@ impl HttpProxy {
         max_in_flight = None,
         queue_size = 0,
         queue_timeout_s = 5.0,
+        ext_proc_fail_open = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn set_control(
@@ -193,6 +218,7 @@ impl HttpProxy {
         max_in_flight: Option<usize>,
         queue_size: usize,
         queue_timeout_s: f64,
+        ext_proc_fail_open: bool,
     ) -> PyResult<()> {
         let control = Control {
             draining,
@@ -213,6 +239,7 @@ impl HttpProxy {
                 queue_size,
                 queue_timeout: seconds("queue_timeout_s", queue_timeout_s)?,
             },
+            ext_proc_fail_open,
         };
         *self.control.lock() = control.clone();
         if let Some(proxy) = &*self.proxy.lock() {
@@ -242,7 +269,7 @@ impl HttpProxy {
     }
 
     /// The queued events, oldest first, as tuples: ("routed", policy, reason, seconds,
-    /// canary, decision | None, api_key_name | None), ("refused", kind), ("first_token", request_id),
+    /// canary, decision | None, api_key_name | None), ("refused", transport, kind), ("first_token", request_id),
     /// ("completed", completion, ttft_s | None), ("tokenizer_fallback", model).
     fn take_events<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
         let events = match &*self.proxy.lock() {
@@ -255,13 +282,16 @@ impl HttpProxy {
             .collect()
     }
 
+    /// The HTTP proxy's bound port (None: not running or off).
     #[getter]
     fn port(&self) -> Option<u16> {
-        self.proxy
-            .lock()
-            .as_ref()
-            .filter(|p| p.is_running())
-            .map(|p| p.local_addr.port())
+        self.bound().http.map(|a| a.port())
+    }
+
+    /// The ext_proc picker's bound port (None: not running or off).
+    #[getter]
+    fn ext_proc_port(&self) -> Option<u16> {
+        self.bound().ext_proc.map(|a| a.port())
     }
 
     /// Attempts waiting for their first byte (those `migrate` can move).
@@ -307,8 +337,9 @@ fn event_tuple<'py>(py: Python<'py>, event: ProxyEvent) -> PyResult<Bound<'py, P
                 api_key.as_deref().into_bound_py_any(py)?,
             ]
         }
-        ProxyEvent::Refused { kind } => vec![
+        ProxyEvent::Refused { transport, kind } => vec![
             "refused".into_bound_py_any(py)?,
+            transport.as_str().into_bound_py_any(py)?,
             kind.into_bound_py_any(py)?,
         ],
         ProxyEvent::FirstToken { request_id } => {

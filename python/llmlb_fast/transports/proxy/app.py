@@ -1,7 +1,9 @@
-"""The OpenAI-compatible HTTP proxy: the Rust one (``_core.HttpProxy``) on the service.
+"""The data path on the service: the Rust HTTP proxy and Envoy ext_proc endpoint picker
+(``_core.HttpProxy``), one runtime for both.
 
 The proxy routes, forwards, retries, migrates, relays and completes every request in
-Rust on the service's core router; no Python runs per request (except a model's
+Rust on the service's core router; the picker routes each request Envoy shows it and
+completes it at the response's end. No Python runs per request (except a model's
 tokenizer, when one is configured). What the service must hear of (route timings and
 refusals, completions for breakers and metrics, decisions for other replicas) is queued
 in Rust and applied here in batches, on the service's event loop: a thread waits for
@@ -20,7 +22,7 @@ import time
 from collections.abc import Iterable
 
 from llmlb_fast._core import HttpProxy
-from llmlb_fast.service.routing import PROXY, RoutingService
+from llmlb_fast.service.routing import RoutingService
 from llmlb_fast.transports.proxy.routing_key import engine_token_ids
 from llmlb_fast.transports.proxy.settings import ProxySettings
 
@@ -35,7 +37,8 @@ BATCH_INTERVAL_S = 0.002
 class ProxyServer:
     """Serves ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models`` and
     ``/health`` in front of the service's nodes (each node's ``address`` is the backend
-    base URL). While the service drains, new requests get a 503."""
+    base URL), and/or Envoy's ``ExternalProcessor`` (the endpoint picker). While the
+    service drains, new requests get a 503."""
 
     def __init__(self, service: RoutingService, settings: ProxySettings | None = None) -> None:
         self.service = service
@@ -51,18 +54,29 @@ class ProxyServer:
         service.add_control_listener(self._push_control)
         self._push_control()
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Listens on host:port (0 = an ephemeral port) and returns the bound port."""
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        http: bool = True,
+        ext_proc: tuple[str, int] | None = None,
+    ) -> int:
+        """Listens on host:port (0 = an ephemeral port) for HTTP (unless ``http`` is
+        False) and on ``ext_proc`` for Envoy; returns the HTTP port (0 when off)."""
         self._loop = asyncio.get_running_loop()
         self._push_control()
-        bound = self._proxy.start(host, port)
+        self._proxy.start(http=(host, port) if http else None, ext_proc=ext_proc)
         self._stopping.clear()
         self._events_thread = threading.Thread(
             target=self._hand_over_events, name="llmlb-proxy-events", daemon=True
         )
         self._events_thread.start()
-        log.info("proxy listening on %s:%d", host, bound)
-        return bound
+        if http:
+            log.info("proxy listening on %s:%d", host, self._proxy.port)
+        if ext_proc is not None:
+            log.info("ext_proc picker listening on %s:%d", ext_proc[0], self._proxy.ext_proc_port)
+        return self._proxy.port or 0
 
     async def stop(self) -> None:
         """Stops listening; open responses get a second, then are cut. Every request's
@@ -96,6 +110,10 @@ class ProxyServer:
     def port(self) -> int | None:
         return self._proxy.port
 
+    @property
+    def ext_proc_port(self) -> int | None:
+        return self._proxy.ext_proc_port
+
     def _apply(self, event: tuple[object, ...]) -> None:
         service = self.service
         match event:
@@ -105,8 +123,8 @@ class ProxyServer:
                 service.record_routed(policy, reason, seconds, decision)  # type: ignore[arg-type]
                 if api_key is not None:
                     service.count_proxy_request(api_key)  # type: ignore[arg-type]
-            case ("refused", kind):
-                service.count_route_refusal(PROXY, kind)  # type: ignore[arg-type]
+            case ("refused", transport, kind):
+                service.count_route_refusal(transport, kind)  # type: ignore[arg-type]
             case ("first_token", request_id):
                 service.share_first_token(request_id)  # type: ignore[arg-type]
             case ("tokenizer_fallback", model):
@@ -154,6 +172,7 @@ class ProxyServer:
             max_in_flight=admission.max_in_flight,
             queue_size=admission.queue_size,
             queue_timeout_s=admission.queue_timeout,
+            ext_proc_fail_open=service.config.proxy.ext_proc.fail_open,
         )
 
     def _engine_tokens(

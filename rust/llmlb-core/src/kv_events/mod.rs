@@ -660,7 +660,7 @@ impl NodeCache {
         };
         let size = event.block_size;
         let aligned = size > 0
-            && (size % index_block_size == 0 || index_block_size % size == 0)
+            && (size.is_multiple_of(index_block_size) || index_block_size.is_multiple_of(size))
             && tokens.len() == n * size;
         if !aligned {
             return None;
