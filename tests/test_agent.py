@@ -181,6 +181,10 @@ def test_scraper_computes_the_interval_hit_rate(engine: dict[str, Any]) -> None:
     asyncio.run(scenario())
 
 
+# ListNodes is an admin call: with a token set, it needs it too.
+ADMIN = (("authorization", "Bearer tok"),)
+
+
 def test_agent_streams_nvml_and_engine_metrics_to_the_router(engine: dict[str, Any]) -> None:
     async def scenario() -> None:
         async with running_server({"server": {"auth_token": "tok"}}) as s:
@@ -196,7 +200,10 @@ def test_agent_streams_nvml_and_engine_metrics_to_the_router(engine: dict[str, A
             try:
                 for _ in range(200):
                     nodes = {
-                        n.node.id: n for n in (await s.stub.ListNodes(pb.ListNodesRequest())).nodes
+                        n.node.id: n
+                        for n in (
+                            await s.stub.ListNodes(pb.ListNodesRequest(), metadata=ADMIN)
+                        ).nodes
                     }
                     if nodes["a"].metrics.get("num_requests_waiting") == 7.0:
                         break
@@ -221,7 +228,8 @@ def test_agent_reconnects_with_backoff_after_refusal() -> None:
                           token="wrong")  # fmt: skip
             await asyncio.wait_for(agent.run(max_connects=3), timeout=10)
             assert agent.connects == 3
-            nodes = {n.node.id: n for n in (await s.stub.ListNodes(pb.ListNodesRequest())).nodes}
+            listed = await s.stub.ListNodes(pb.ListNodesRequest(), metadata=ADMIN)
+            nodes = {n.node.id: n for n in listed.nodes}
             assert not nodes["a"].metrics  # every stream was refused
 
     asyncio.run(scenario())

@@ -223,13 +223,85 @@ class TlsConfig(_Strict):
     key_file: Path
 
 
+class _NamedSecret(_Strict):
+    """A named credential: the secret itself, a file holding it (a mounted Kubernetes
+    secret) or an environment variable; at least 16 characters."""
+
+    # What metrics and logs call its holder.
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    key: str | None = Field(default=None, min_length=16, repr=False)
+    key_file: str | None = None
+    key_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _NamedSecret:
+        sources = [v for v in (self.key, self.key_file, self.key_env) if v is not None]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of key, key_file, key_env")
+        self.secret()  # a key file or variable that is missing fails the load
+        return self
+
+    def secret(self) -> str:
+        if self.key is not None:
+            return self.key
+        if self.key_file is not None:
+            try:
+                text = Path(self.key_file).read_text(encoding="utf-8").strip()
+            except OSError as error:
+                raise ValueError(f"key_file: {error}") from None
+        else:
+            text = os.environ.get(str(self.key_env), "").strip()
+        if len(text) < 16:
+            raise ValueError("the key must be at least 16 characters")
+        return text
+
+
+class ApiKeyConfig(_NamedSecret):
+    """One client key of the HTTP proxy (``Authorization: Bearer KEY``); its name labels
+    ``llmlb_proxy_requests_total{api_key}``."""
+
+    # Requests per second this key may send (a token bucket; None: unlimited), and how
+    # many at once after a quiet spell (default: one second's worth, at least 1).
+    rate: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+
+    @property
+    def burst_size(self) -> float:
+        if self.burst is not None:
+            return float(self.burst)
+        return max(1.0, self.rate or 1.0)
+
+
+class TokenConfig(_NamedSecret):
+    """One bearer token of the gRPC API (``authorization: Bearer KEY`` metadata)."""
+
+
+class AuthConfig(_Strict):
+    """Who may call the gRPC API (hot reloadable). Data plane (Route, FirstToken,
+    Complete, RouteStream): any route or admin token, once route tokens are set. Admin
+    (registration, metrics, ListNodes, WatchEvents): admin tokens only, once any is set
+    (``server.auth_token`` counts as one). Reflection: any token, once any is set.
+    Health stays open (probes)."""
+
+    route_tokens: list[TokenConfig] = Field(default_factory=list)
+    admin_tokens: list[TokenConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AuthConfig:
+        names = [t.name for t in [*self.route_tokens, *self.admin_tokens]]
+        if len(set(names)) != len(names):
+            raise ValueError("token names must be unique")
+        return self
+
+
 class ServerConfig(_Strict):
     """Read at start only: changing these needs a restart."""
 
     listen: str = "127.0.0.1:50051"
     tls: TlsConfig | None = None
-    # Bearer token for RegisterNode, DeregisterNode and ReportMetrics (hot reloadable).
+    # An admin bearer token (the first release's; ``auth`` names several, reloadable).
     auth_token: str | None = Field(default=None, min_length=1)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     metrics_listen: str = "127.0.0.1"
     # 0 picks a free port; None disables the /metrics endpoint.
@@ -265,49 +337,6 @@ class ExtProcConfig(_Strict):
     def _host_port(cls, listen: str) -> str:
         split_listen(listen)
         return listen
-
-
-class ApiKeyConfig(_Strict):
-    """One client key of the HTTP proxy (``Authorization: Bearer KEY``): the key itself,
-    a file holding it (a mounted Kubernetes secret) or an environment variable."""
-
-    # What metrics call the key's holder (``llmlb_proxy_requests_total{api_key}``).
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    key: str | None = Field(default=None, min_length=16, repr=False)
-    key_file: str | None = None
-    key_env: str | None = None
-    # Requests per second this key may send (a token bucket; None: unlimited), and how
-    # many at once after a quiet spell (default: one second's worth, at least 1).
-    rate: float | None = Field(default=None, gt=0)
-    burst: int | None = Field(default=None, ge=1)
-
-    @property
-    def burst_size(self) -> float:
-        if self.burst is not None:
-            return float(self.burst)
-        return max(1.0, self.rate or 1.0)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ApiKeyConfig:
-        sources = [v for v in (self.key, self.key_file, self.key_env) if v is not None]
-        if len(sources) != 1:
-            raise ValueError("give exactly one of key, key_file, key_env")
-        self.secret()  # a key file or variable that is missing fails the load
-        return self
-
-    def secret(self) -> str:
-        if self.key is not None:
-            return self.key
-        if self.key_file is not None:
-            try:
-                text = Path(self.key_file).read_text(encoding="utf-8").strip()
-            except OSError as error:
-                raise ValueError(f"key_file: {error}") from None
-        else:
-            text = os.environ.get(str(self.key_env), "").strip()
-        if len(text) < 16:
-            raise ValueError("the key must be at least 16 characters")
-        return text
 
 
 class AdmissionConfig(_Strict):
@@ -579,8 +608,9 @@ def parse_config_text(text: str, source: str = "<text>") -> ServiceConfig:
 
 
 def destructive_changes(old: ServiceConfig, new: ServiceConfig) -> list[str]:
-    """What a reload from ``old`` to ``new`` would wipe: every configured node, or the
-    auth token. Empty when ``new`` allows it (``server.allow_destructive_reload``)."""
+    """What a reload from ``old`` to ``new`` would wipe: every configured node, or a
+    kind of gRPC token (the API would open to anyone). Empty when ``new`` allows it
+    (``server.allow_destructive_reload``)."""
     if new.server.allow_destructive_reload:
         return []
     changes = []
@@ -588,6 +618,9 @@ def destructive_changes(old: ServiceConfig, new: ServiceConfig) -> list[str]:
         changes.append(f"it removes all {len(old.nodes)} configured nodes")
     if old.server.auth_token is not None and new.server.auth_token is None:
         changes.append("it drops server.auth_token")
+    for kind in ("route_tokens", "admin_tokens"):
+        if getattr(old.server.auth, kind) and not getattr(new.server.auth, kind):
+            changes.append(f"it drops every server.auth.{kind}")
     return changes
 
 

@@ -23,6 +23,7 @@ from llmlb_fast.service.events import BREAKER_OPENED, Event
 from llmlb_fast.service.reload import ConfigWatcher
 from llmlb_fast.service.routing import RoutingService
 from llmlb_fast.transports.grpc_api import RouterServicer
+from llmlb_fast.transports.grpc_auth import BearerTokenInterceptor
 from llmlb_fast.transports.proxy import ProxyServer, proxy_settings
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,12 @@ class RoutingServer:
         self.health = health.aio.HealthServicer()
         limit = config.server.max_message_bytes
         self.server = grpc.aio.server(
+            interceptors=[BearerTokenInterceptor(lambda: self.service.grpc_credentials)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         pb_grpc.add_RouterServicer_to_server(RouterServicer(self.service), self.server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

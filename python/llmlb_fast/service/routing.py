@@ -25,6 +25,7 @@ from llmlb_fast.kv_events import KvEventIngest, KvEventSource
 from llmlb_fast.service.alerts import WebhookAlerter
 from llmlb_fast.service.breakers import BreakerBoard
 from llmlb_fast.service.canary import CanarySplit
+from llmlb_fast.service.credentials import GrpcCredentials
 from llmlb_fast.service.events import CONFIG_REJECTED, CONFIG_RELOADED, Event, EventBus
 from llmlb_fast.service.replication import Replication
 from llmlb_fast.service.telemetry import Telemetry
@@ -85,6 +86,7 @@ class RoutingService:
         self.config_node_ids = {node.id for node in config.nodes}
         self.tokenizers = load_tokenizers(config.tokenizers)
         self._proxy_api_keys = _api_keys_of(config)
+        self.grpc_credentials = _grpc_credentials_of(config)
         self.bus = EventBus()
         self.telemetry = Telemetry(self.router)
         self.breakers = BreakerBoard(self.router, self.bus, config.breaker)
@@ -335,6 +337,7 @@ class RoutingService:
         # Loaded before anything changes: a tokenizer or key file that fails keeps the old
         # config whole.
         proxy_api_keys = _api_keys_of(new)
+        grpc_credentials = _grpc_credentials_of(new)
         tokenizers = self.tokenizers
         if new.tokenizers != self.config.tokenizers:
             tokenizers = load_tokenizers(new.tokenizers)
@@ -352,6 +355,7 @@ class RoutingService:
         self.config_node_ids = new_ids
         self.tokenizers = tokenizers
         self._proxy_api_keys = proxy_api_keys
+        self.grpc_credentials = grpc_credentials
         self._config_kv_sources = kv_sources_of(new)
         self._sync_kv_sources()
         self.breakers.reconfigure(new.breaker)
@@ -370,10 +374,10 @@ class RoutingService:
     def _restart_notes(self, new: ServiceConfig) -> list[str]:
         notes = []
         old = self.config
-        if new.server.model_dump(exclude={"auth_token"}) != old.server.model_dump(
-            exclude={"auth_token"}
+        if new.server.model_dump(exclude={"auth_token", "auth"}) != old.server.model_dump(
+            exclude={"auth_token", "auth"}
         ):
-            notes.append("server settings other than auth_token need a restart")
+            notes.append("server settings other than auth_token, auth need a restart")
         reloadable: dict[str, Any] = {
             "api_keys": True,
             "admission": True,
@@ -431,6 +435,13 @@ def _api_keys_of(config: ServiceConfig) -> list[tuple[str, str, float | None, fl
         return [(key.name, key.secret(), key.rate, key.burst_size) for key in config.proxy.api_keys]
     except ValueError as error:
         raise ConfigError(f"proxy.api_keys: {error}") from None
+
+
+def _grpc_credentials_of(config: ServiceConfig) -> GrpcCredentials:
+    try:
+        return GrpcCredentials.of(config)
+    except ValueError as error:
+        raise ConfigError(f"server.auth: {error}") from None
 
 
 def kv_source_of(

@@ -4,7 +4,6 @@ and errors to gRPC status codes. The wire types come from ``grpc_server`` (the
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn, TypeAlias
 
@@ -189,18 +188,6 @@ class RouterServicer(pb_grpc.RouterServicer):
     def __init__(self, service: RoutingService) -> None:
         self.service = service
 
-    async def _authorize(self, context: Context) -> None:
-        token = self.service.config.server.auth_token
-        if token is None:
-            return
-        given = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and isinstance(value, str):
-                given = value
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            why = "wrong bearer token" if given else "missing 'authorization: Bearer <token>'"
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"admin call refused: {why}")
-
     def _routed(self, request: pb.RouteRequest) -> Routed:
         """Raises the errors ``status_code_of`` maps (shared by Route and RouteStream)."""
         which = request.WhichOneof("prompt")
@@ -301,7 +288,6 @@ class RouterServicer(pb_grpc.RouterServicer):
     async def RegisterNode(
         self, request: pb.RegisterNodeRequest, context: Context
     ) -> pb.RegisterNodeResponse:
-        await self._authorize(context)
         try:
             node = node_from_spec(request.node)
             kv_events = kv_events_from(request) if request.HasField("kv_events") else None
@@ -313,7 +299,6 @@ class RouterServicer(pb_grpc.RouterServicer):
     async def DeregisterNode(
         self, request: pb.DeregisterNodeRequest, context: Context
     ) -> pb.DeregisterNodeResponse:
-        await self._authorize(context)
         try:
             in_flight = self.service.deregister_node(request.node_id)
         except (LlmlbError, KeyError) as error:
@@ -330,7 +315,6 @@ class RouterServicer(pb_grpc.RouterServicer):
         request_iterator: AsyncIterator[pb.NodeMetrics],
         context: Context,
     ) -> pb.ReportMetricsResponse:
-        await self._authorize(context)
         accepted = 0
         async for sample in request_iterator:
             metrics = {

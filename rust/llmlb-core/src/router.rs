@@ -145,6 +145,26 @@ impl RouteDecision {
 }
 
 #[derive(Debug)]
+/// Request ids nobody can guess (a foreign `Complete` must not release a live request):
+/// the serial number, unique, followed by 128 bits of SipHash keyed from the OS's
+/// randomness, unpredictable without the keys.
+#[derive(Default)]
+struct RequestIds {
+    keys: [std::collections::hash_map::RandomState; 2],
+}
+
+impl RequestIds {
+    fn id_of(&self, serial: u64) -> String {
+        use std::hash::BuildHasher;
+        let [a, b] = &self.keys;
+        format!(
+            "req-{serial:x}-{:016x}{:016x}",
+            a.hash_one(serial),
+            b.hash_one(serial)
+        )
+    }
+}
+
 pub struct Router {
     config: ArcSwap<RouterConfig>,
     table: NodeTable,
@@ -161,6 +181,7 @@ pub struct Router {
     policies: Policies,
     clock: Clock,
     next_request_id: AtomicU64,
+    request_ids: RequestIds,
     next_sweep_ns: AtomicU64,
     /// Requests expired by `route`'s periodic sweep, kept for the next `expire_stale`.
     expired: Mutex<Vec<Completion>>,
@@ -194,6 +215,7 @@ impl Router {
             remote_in_flight: InFlightRegistry::default(),
             clock,
             next_request_id: AtomicU64::new(1),
+            request_ids: RequestIds::default(),
             next_sweep_ns: AtomicU64::new(0),
             expired: Mutex::new(Vec::new()),
         })
@@ -363,10 +385,8 @@ impl Router {
         let probe = chosen.live.breaker() == BreakerState::HalfOpen;
 
         let request_id = request.request_id.clone().unwrap_or_else(|| {
-            format!(
-                "req-{:x}",
-                self.next_request_id.fetch_add(1, Ordering::Relaxed)
-            )
+            let serial = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+            self.request_ids.id_of(serial)
         });
         let matched_tokens =
             (matched_blocks as f64 * prompt.facts.tokens_per_block).min(prompt.facts.prompt_tokens);

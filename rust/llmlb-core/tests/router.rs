@@ -517,3 +517,36 @@ fn precomputed_block_hashes_route_like_the_token_ids_they_hash() {
         "a refused request holds nothing"
     );
 }
+
+#[test]
+fn generated_request_ids_are_unique_and_not_guessable_from_earlier_ones() {
+    let ids_of = |router: &Router| -> Vec<String> {
+        (0..50)
+            .map(|_| {
+                let decision = router.route(&RouteRequest::text("hello")).unwrap();
+                router
+                    .complete(&decision.request_id, Outcome::Ok, None, 1, 1)
+                    .unwrap();
+                decision.request_id
+            })
+            .collect()
+    };
+    let one_node = || {
+        let router = Router::new(RouterConfig::default()).unwrap();
+        router.upsert_node(NodeSpec::new("a", "http://a")).unwrap();
+        router
+    };
+    let (first, second) = (one_node(), one_node());
+    let (ids, others) = (ids_of(&first), ids_of(&second));
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len());
+    // The same serial numbers on two routers share nothing past the serial: the rest
+    // comes from per-router keys, so seeing ids does not tell the next one.
+    for (id, other) in ids.iter().zip(&others) {
+        let (serial, secret) = id.rsplit_once('-').unwrap();
+        let (other_serial, other_secret) = other.rsplit_once('-').unwrap();
+        assert_eq!(serial, other_serial);
+        assert_eq!(secret.len(), 32);
+        assert_ne!(secret, other_secret);
+    }
+}
