@@ -184,3 +184,22 @@ def test_a_reload_that_drops_every_token_is_refused() -> None:
     ]
     allowed = parse_config(merged({"server": {**FAST_POLL, "allow_destructive_reload": True}}))
     assert destructive_changes(guarded, allowed) == []
+
+
+def test_registration_refuses_addresses_that_are_not_http_host_port() -> None:
+    async def scenario() -> None:
+        async with running_server() as s:
+            for address in ("", "http://a\r\nx:1", "file:///etc/passwd", "ftp://x:21", "h:0"):
+                spec = pb.RegisterNodeRequest(node=pb.NodeSpec(id="c", address=address))
+                details = await expect_error(s.stub.RegisterNode(spec), CODE.INVALID_ARGUMENT)
+                assert "address" in details
+            for address in ("10.0.0.3:8000", "https://gpu-3.internal/v1"):
+                spec = pb.RegisterNodeRequest(node=pb.NodeSpec(id="c", address=address))
+                await s.stub.RegisterNode(spec)
+
+    asyncio.run(scenario())
+
+
+def test_config_refuses_a_node_address_of_another_scheme() -> None:
+    with pytest.raises(ValueError, match="must be http"):
+        parse_config(merged({"nodes": [{"id": "a", "address": "ftp://10.0.0.1:21"}]}))

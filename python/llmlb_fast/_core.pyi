@@ -26,6 +26,7 @@ __all__ = [
     "__version__",
     "canary_bucket",
     "chain_seed",
+    "check_node_address",
     "hash_token_blocks",
     "memory_usage",
     "routing_key",
@@ -47,6 +48,10 @@ def hash_token_blocks(
     model: str | None = None,
     adapter: str | None = None,
 ) -> list[int]: ...
+def check_node_address(node_id: str, address: str) -> None:
+    """Raises InvalidInputError unless ``address`` is ``host[:port]`` or
+    ``http(s)://host[:port][/path]``."""
+
 def memory_usage(
     metrics: Mapping[str, float | None], *, gpu_memory_bytes: int | None = None
 ) -> tuple[float | None, float | None]:

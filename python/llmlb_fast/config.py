@@ -37,8 +37,8 @@ from pydantic import (
     model_validator,
 )
 
-from llmlb_fast._core import POLICIES, Node, RouterConfig
-from llmlb_fast.errors import ConfigError
+from llmlb_fast._core import POLICIES, Node, RouterConfig, check_node_address
+from llmlb_fast.errors import ConfigError, LlmlbError
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -102,6 +102,16 @@ class NodeConfig(_Strict):
     # Models the node serves; empty: any model.
     models: list[ModelName] = Field(default_factory=list)
     kv_events: KvEventsConfig | None = None
+
+    @model_validator(mode="after")
+    def _address(self) -> NodeConfig:
+        # Empty: a node only the in-process API routes to (no transport connects to it).
+        if self.address:
+            try:
+                check_node_address(self.id, self.address)
+            except LlmlbError as error:
+                raise ValueError(str(error)) from None
+        return self
 
     def to_node(self) -> Node:
         return Node(

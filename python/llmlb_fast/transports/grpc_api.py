@@ -11,7 +11,14 @@ import grpc
 
 from grpc_server.llmlb.v1 import router_pb2 as pb
 from grpc_server.llmlb.v1 import router_pb2_grpc as pb_grpc
-from llmlb_fast._core import METRIC_FIELDS, Completion, Node, NodeStatus, RouteDecision
+from llmlb_fast._core import (
+    METRIC_FIELDS,
+    Completion,
+    Node,
+    NodeStatus,
+    RouteDecision,
+    check_node_address,
+)
 from llmlb_fast.config import KvEventsConfig
 from llmlb_fast.errors import (
     DuplicateRequestError,
@@ -117,6 +124,7 @@ def set_complete_fields(response: pb.CompleteResponse, completion: Completion) -
 def node_from_spec(spec: pb.NodeSpec) -> Node:
     if not spec.id:
         raise ValueError("node.id is required")
+    check_node_address(spec.id, spec.address)
     optional = {name: getattr(spec, name) for name in _OPTIONAL_SPEC_FIELDS if spec.HasField(name)}
     return Node(
         spec.id, spec.address, labels=dict(spec.labels), models=list(spec.models), **optional

@@ -59,6 +59,11 @@ impl NodeSpec {
         if self.id.is_empty() {
             return Err(CoreError::InvalidInput("node id must not be empty".into()));
         }
+        if self.id.len() > MAX_NODE_ID_BYTES || self.id.chars().any(|c| c.is_control()) {
+            return Err(CoreError::InvalidInput(format!(
+                "node id must be at most {MAX_NODE_ID_BYTES} bytes without control characters"
+            )));
+        }
         if !(self.peak_tflops.is_finite() && self.peak_tflops > 0.0) {
             return Err(CoreError::InvalidInput(format!(
                 "node {:?}: peak_tflops must be > 0, got {}",
@@ -825,8 +830,92 @@ pub struct NodeStatus {
     pub kv_engine_blocks: u64,
 }
 
+pub const MAX_NODE_ID_BYTES: usize = 128;
+pub const MAX_ADDRESS_BYTES: usize = 2048;
+
+/// A node's address: `host[:port]` or `http(s)://host[:port][/path]`, nothing else
+/// (a backend the proxy or a gateway will connect to; no other scheme, no credentials,
+/// no whitespace or control characters that could split a header).
+/// Checked where addresses come from outside (config files, RegisterNode); the core
+/// itself routes to any string (the simulator's nodes have none).
+pub fn check_address(id: &str, address: &str) -> CoreResult<()> {
+    let refuse = |why: &str| {
+        Err(CoreError::InvalidInput(format!(
+            "node {id:?}: address {address:?} {why}"
+        )))
+    };
+    if address.is_empty() {
+        return refuse("is empty");
+    }
+    if address.len() > MAX_ADDRESS_BYTES {
+        return refuse("is too long");
+    }
+    if address.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return refuse("contains whitespace or control characters");
+    }
+    let rest = match address.split_once("://") {
+        Some((scheme, rest))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            rest
+        }
+        Some(_) => return refuse("must be http(s)://host[:port] or host[:port]"),
+        None => address,
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return refuse("must not carry credentials");
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':')),
+            None => return refuse("has an unclosed IPv6 bracket"),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return refuse("has no host");
+    }
+    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return refuse("has a port outside 1-65535");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn addresses_are_host_port_or_http_urls() {
+        let check = |address: &str| super::check_address("n", address).is_ok();
+        for good in [
+            "10.0.0.1:8000",
+            "x",
+            "http://10.0.0.1:8000",
+            "https://h:443/v1",
+            "[::1]:80",
+            "HTTP://h",
+        ] {
+            assert!(check(good), "{good}");
+        }
+        for bad in [
+            "",
+            "http://a\r\nx:1",
+            "file:///etc/passwd",
+            "ftp://x:21",
+            "http://",
+            "http://u:p@h:1",
+            "h:0",
+            "h:99999",
+            "h: 1",
+            "[::1:80",
+        ] {
+            assert!(!check(bad), "{bad}");
+        }
+    }
+
     use super::*;
 
     const RATE: f64 = 500.0;

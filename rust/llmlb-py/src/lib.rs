@@ -29,7 +29,7 @@ mod _core {
     #[pymodule_export]
     use super::kv_events::{KvEventsOutcome, PrefixCredit};
     #[pymodule_export]
-    use super::node::{memory_usage, Node, NodeStatus};
+    use super::node::{check_node_address, memory_usage, Node, NodeStatus};
     #[pymodule_export]
     use super::proxy::HttpProxy;
     #[pymodule_export]

@@ -213,3 +213,11 @@ fn metrics_dict<'py>(py: Python<'py>, m: &core::GpuMetrics) -> PyResult<Bound<'p
     }
     Ok(dict)
 }
+
+/// Raises InvalidInputError unless `address` is `host[:port]` or
+/// `http(s)://host[:port][/path]` (checked where addresses come from outside: config
+/// files and RegisterNode).
+#[pyfunction]
+pub fn check_node_address(node_id: &str, address: &str) -> PyResult<()> {
+    core::node_table::check_address(node_id, address).py_err()
+}
