@@ -38,7 +38,6 @@ from bench_proxy import (  # noqa: E402
     ROOT,
     free_port,
     run_wrk,
-    serve_backend,
     started,
     tree_cpu_seconds,
     wait_ready,
@@ -234,5 +233,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    _ = serve_backend  # imported for the backend processes' command line
     raise SystemExit(main())

@@ -156,10 +156,7 @@ impl Exchange {
         if headers.end_of_stream {
             // No body (a GET): routed without a prompt.
             return match self.pick(None) {
-                Ok(picked) => vec![with_destination(
-                    messages::request_headers_done(picked.as_ref().map(|p| p.0.clone())),
-                    picked,
-                )],
+                Ok(picked) => vec![carrying(picked, messages::request_headers_done)],
                 Err(error) => vec![messages::immediate(&error)],
             };
         }
@@ -206,23 +203,18 @@ impl Exchange {
             Err(error) => return vec![messages::immediate(&error)],
         };
         if !modes.request_duplex {
-            let common = picked.as_ref().map(|p| p.0.clone());
-            return vec![with_destination(
-                messages::request_body_done(common),
-                picked,
-            )];
+            return vec![carrying(picked, messages::request_body_done)];
         }
-        let common = picked.as_ref().map(|(common, _)| {
-            let mut common = common.clone();
+        // Envoy forwards the body given back, so it says how long that is.
+        let length = self.body.len().to_string();
+        let picked = picked.map(|(mut common, endpoint)| {
             if let Some(mutation) = common.header_mutation.as_mut() {
-                let length = self.body.len().to_string();
-                mutation
-                    .set_headers
-                    .push(set_header("content-length", length.as_bytes()));
+                let header = set_header("content-length", length.as_bytes());
+                mutation.set_headers.push(header);
             }
-            common
+            (common, endpoint)
         });
-        let headers = with_destination(messages::request_headers_done(common), picked);
+        let headers = carrying(picked, messages::request_headers_done);
         let mut answers = vec![headers];
         answers.extend(messages::request_body_streamed(&self.body, end_of_stream));
         answers
@@ -360,10 +352,15 @@ impl Drop for Exchange {
     }
 }
 
-fn with_destination(mut response: ProcessingResponse, picked: Picked) -> ProcessingResponse {
-    if let Some((_, endpoint)) = picked {
-        response.dynamic_metadata = Some(messages::destination_metadata(&endpoint));
-    }
+/// The answer `respond` builds, carrying the destination (header mutation and
+/// `envoy.lb` metadata) when routing picked one.
+fn carrying(
+    picked: Picked,
+    respond: fn(Option<CommonResponse>) -> ProcessingResponse,
+) -> ProcessingResponse {
+    let (common, endpoint) = picked.unzip();
+    let mut response = respond(common);
+    response.dynamic_metadata = endpoint.map(|e| messages::destination_metadata(&e));
     response
 }
 
